@@ -1,0 +1,48 @@
+# The README's two commands: `make run` and `make test`. Everything else is a helper of those.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+HOST ?= 127.0.0.1
+PORT ?= 8000
+
+.PHONY: run test lint typecheck pytest data models venv dev-deps clean bench
+
+$(VENV)/.runtime: requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	touch $@
+
+$(VENV)/.dev: $(VENV)/.runtime requirements-dev.txt
+	$(PY) -m pip install --quiet -r requirements-dev.txt
+	touch $@
+
+venv: $(VENV)/.runtime
+dev-deps: $(VENV)/.dev
+
+data/item_database.json data/historical_sessions.csv &: | $(VENV)/.runtime
+	$(PY) simulate_data.py --out-dir data
+
+models/duration_model.pkl models/anomaly_model.pkl &: data/item_database.json data/historical_sessions.csv | $(VENV)/.runtime
+	$(PY) train.py --data-dir data --model-dir models
+
+data: data/item_database.json
+models: models/duration_model.pkl
+
+run: $(VENV)/.runtime data models
+	$(VENV)/bin/uvicorn api:app --host $(HOST) --port $(PORT)
+
+lint: $(VENV)/.dev
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+typecheck: $(VENV)/.dev
+	$(VENV)/bin/mypy .
+
+pytest: $(VENV)/.dev
+	$(VENV)/bin/pytest
+
+test: lint typecheck pytest
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

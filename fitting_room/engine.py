@@ -1,0 +1,296 @@
+"""Rooms, sessions and the waitlist of one store: the assignment rules as plain Python over a snapshot.
+
+The engine never reads the clock and never touches the database: every operation takes `now` and mutates a
+`Floor` (the store's rooms plus its active sessions) in place, recording what it touched in `Changes` so the
+store can write exactly those rows in the same transaction. The same code runs the API, the tests and the
+store-day replay.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from fitting_room.errors import ConflictError, InvalidRequestError, NotFoundError
+from fitting_room.settings import Policy
+
+
+class SessionStatus(StrEnum):
+    """Life cycle of a customer's visit: waitlisted → assigned → completed, or waitlisted → cancelled."""
+
+    WAITLISTED = "waitlisted"
+    ASSIGNED = "assigned"
+    COMPLETED = "completed"
+    CANCELLED = "cancelled"
+
+
+ACTIVE = (SessionStatus.WAITLISTED, SessionStatus.ASSIGNED)
+
+
+@dataclass(frozen=True)
+class RoomSpec:
+    """A fitting room as configured in the rooms file."""
+
+    room_id: str
+    max_items: int
+    accessible: bool = False
+    attributes: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """Predicted session duration in minutes: median, a central interval and a quantile grid."""
+
+    median: float
+    low: float
+    high: float
+    level: float
+    quantiles: tuple[float, ...]
+    unknown_item_ids: tuple[str, ...] = ()
+
+
+@dataclass
+class Room:
+    """A room's live state; `free_since` is None for a room never used (it counts as free longest)."""
+
+    spec: RoomSpec
+    session_id: str | None = None
+    free_since: datetime | None = None
+    last_event_at: datetime | None = None
+
+    @property
+    def room_id(self) -> str:
+        """The room's id."""
+        return self.spec.room_id
+
+    @property
+    def is_free(self) -> bool:
+        """True when no session occupies the room."""
+        return self.session_id is None
+
+
+@dataclass
+class Session:
+    """One customer's visit, from arrival at the kiosk to leaving the room or the line."""
+
+    session_id: str
+    item_ids: tuple[str, ...]
+    needs_accessible: bool
+    arrived_at: datetime
+    prediction: Prediction
+    status: SessionStatus = SessionStatus.WAITLISTED
+    queue_seq: int | None = None
+    passed_over: int = 0
+    room_id: str | None = None
+    assigned_at: datetime | None = None
+    ended_at: datetime | None = None
+    last_event_at: datetime | None = None
+
+    @property
+    def item_count(self) -> int:
+        """Number of items the customer carries in."""
+        return len(self.item_ids)
+
+
+@dataclass(frozen=True)
+class Rules:
+    """Assignment policy: waitlist order and the bound on how often a waiting customer is overtaken."""
+
+    policy: Policy = Policy.FIFO
+    max_passes: int = 3
+
+
+@dataclass
+class Changes:
+    """Ids of the rows an operation touched, so the store writes exactly those."""
+
+    rooms: set[str] = field(default_factory=set)
+    sessions: set[str] = field(default_factory=set)
+    promoted: list[str] = field(default_factory=list)
+
+    def merge(self, other: Changes) -> None:
+        """Add another operation's changes to these."""
+        self.rooms |= other.rooms
+        self.sessions |= other.sessions
+        self.promoted.extend(other.promoted)
+
+
+@dataclass
+class Floor:
+    """A store's rooms and its active (waitlisted or assigned) sessions, as one consistent snapshot."""
+
+    rooms: dict[str, Room]
+    active: dict[str, Session]
+    next_queue_seq: int = 1
+
+    def waitlist(self) -> list[Session]:
+        """Waiting customers in arrival order (position 1 first)."""
+        waiting = [s for s in self.active.values() if s.status is SessionStatus.WAITLISTED]
+        return sorted(waiting, key=_queue_seq)
+
+    def positions(self) -> dict[str, int]:
+        """1-based waitlist position of every waiting customer, contiguous by construction."""
+        return {s.session_id: i for i, s in enumerate(self.waitlist(), start=1)}
+
+    def room(self, room_id: str) -> Room:
+        """The room with this id, or NotFoundError."""
+        try:
+            return self.rooms[room_id]
+        except KeyError:
+            raise NotFoundError(f"unknown room {room_id!r}") from None
+
+
+def _queue_seq(session: Session) -> int:
+    assert session.queue_seq is not None, "waitlisted sessions always have a queue number"
+    return session.queue_seq
+
+
+def fits(room: RoomSpec, item_count: int, needs_accessible: bool) -> bool:
+    """True when a customer with this many items (and accessibility need) may use the room."""
+    return item_count <= room.max_items and (room.accessible or not needs_accessible)
+
+
+def check_admissible(rooms: Iterable[RoomSpec], item_count: int, needs_accessible: bool) -> None:
+    """Raise InvalidRequestError when no configured room could ever take this customer."""
+    specs = [r for r in rooms if r.accessible or not needs_accessible]
+    if not specs:
+        raise InvalidRequestError("this store has no accessible fitting room")
+    largest = max(r.max_items for r in specs)
+    if item_count > largest:
+        kind = "accessible room" if needs_accessible else "room"
+        raise InvalidRequestError(
+            f"{item_count} items do not fit any {kind}: the largest takes {largest} items"
+        )
+
+
+def best_free_room(rooms: Iterable[Room], item_count: int, needs_accessible: bool) -> Room | None:
+    """Best fit: the free room with least spare capacity, accessible rooms last, then free longest."""
+    candidates = [r for r in rooms if r.is_free and fits(r.spec, item_count, needs_accessible)]
+    if not candidates:
+        return None
+    return min(candidates, key=lambda r: _fit_key(r, item_count, needs_accessible))
+
+
+def _fit_key(room: Room, item_count: int, needs_accessible: bool) -> tuple[bool, int, float, str]:
+    spare_accessible = room.spec.accessible and not needs_accessible
+    free_since = room.free_since.timestamp() if room.free_since else float("-inf")
+    return (spare_accessible, room.spec.max_items - item_count, free_since, room.room_id)
+
+
+def _ensure_not_before(event: str, now: datetime, last: datetime | None) -> None:
+    if last is not None and now < last:
+        raise InvalidRequestError(
+            f"{event} at {now.isoformat()} is earlier than the last event "
+            f"({last.isoformat()}) it would change"
+        )
+
+
+def admit(floor: Floor, session: Session, now: datetime) -> Changes:
+    """Seat a newly arrived customer in the best free room, or put them at the end of the line."""
+    check_admissible((r.spec for r in floor.rooms.values()), session.item_count, session.needs_accessible)
+    changes = Changes(sessions={session.session_id})
+    floor.active[session.session_id] = session
+    session.last_event_at = now
+    room = best_free_room(floor.rooms.values(), session.item_count, session.needs_accessible)
+    if room is not None:
+        _ensure_not_before("arrival", now, room.last_event_at)
+        _seat(session, room, now, changes)
+        return changes
+    session.status = SessionStatus.WAITLISTED
+    session.queue_seq = floor.next_queue_seq
+    floor.next_queue_seq += 1
+    return changes
+
+
+def _seat(session: Session, room: Room, now: datetime, changes: Changes) -> None:
+    session.status = SessionStatus.ASSIGNED
+    session.room_id = room.room_id
+    session.assigned_at = now
+    session.queue_seq = None
+    session.last_event_at = now
+    room.session_id = session.session_id
+    room.free_since = None
+    room.last_event_at = now
+    changes.rooms.add(room.room_id)
+    changes.sessions.add(session.session_id)
+
+
+def promotion_order(waiting: list[Session], rules: Rules) -> list[Session]:
+    """Waiting customers in the order a freed room is offered to them under the policy.
+
+    Customers overtaken `max_passes` times come first (the next fitting room is held for them); then
+    FIFO is arrival order and express is shortest predicted session first.
+    """
+
+    def key(s: Session) -> tuple[bool, float, int]:
+        if s.passed_over >= rules.max_passes:
+            return (False, 0.0, _queue_seq(s))
+        length = s.prediction.median if rules.policy is Policy.EXPRESS else 0.0
+        return (True, length, _queue_seq(s))
+
+    return sorted(waiting, key=key)
+
+
+def fill_free_rooms(floor: Floor, now: datetime, rules: Rules) -> Changes:
+    """Give every free room to the first waiting customer it fits, until no free room fits anyone."""
+    changes = Changes()
+    free = sorted(
+        (r for r in floor.rooms.values() if r.is_free),
+        key=lambda r: (r.free_since.timestamp() if r.free_since else float("-inf"), r.room_id),
+    )
+    for room in free:
+        order = promotion_order(floor.waitlist(), rules)
+        chosen = next((s for s in order if fits(room.spec, s.item_count, s.needs_accessible)), None)
+        if chosen is None:
+            continue
+        _count_overtaken(floor, chosen, room, changes)
+        _seat(chosen, room, now, changes)
+        changes.promoted.append(chosen.session_id)
+    return changes
+
+
+def _count_overtaken(floor: Floor, chosen: Session, room: Room, changes: Changes) -> None:
+    # Overtaken means: a room you could have used went to someone who arrived after you.
+    chosen_seq = _queue_seq(chosen)
+    for waiting in floor.waitlist():
+        if _queue_seq(waiting) < chosen_seq and fits(room.spec, waiting.item_count, waiting.needs_accessible):
+            waiting.passed_over += 1
+            changes.sessions.add(waiting.session_id)
+
+
+def release(floor: Floor, session_id: str, room_id: str, now: datetime, rules: Rules) -> Changes:
+    """Complete the session occupying `room_id`, free the room and promote whoever it fits first."""
+    room = floor.room(room_id)
+    session = floor.active.get(session_id)
+    if room.session_id != session_id or session is None:
+        occupant = f"session {room.session_id!r}" if room.session_id else "nobody"
+        raise ConflictError(f"session {session_id!r} is not in {room_id!r} (occupied by {occupant})")
+    _ensure_not_before("exit", now, room.last_event_at)
+    session.status = SessionStatus.COMPLETED
+    session.ended_at = now
+    session.last_event_at = now
+    del floor.active[session_id]
+    room.session_id = None
+    room.free_since = now
+    room.last_event_at = now
+    changes = Changes(rooms={room_id}, sessions={session_id})
+    changes.merge(fill_free_rooms(floor, now, rules))
+    return changes
+
+
+def cancel(floor: Floor, session_id: str, now: datetime) -> Session:
+    """Take a waiting customer out of the line; positions behind them close up."""
+    session = floor.active.get(session_id)
+    if session is None or session.status is not SessionStatus.WAITLISTED:
+        state = session.status.value if session else "not active"
+        raise ConflictError(f"session {session_id!r} is not waiting (it is {state})")
+    _ensure_not_before("cancellation", now, session.last_event_at)
+    session.status = SessionStatus.CANCELLED
+    session.queue_seq = None
+    session.ended_at = now
+    session.last_event_at = now
+    del floor.active[session_id]
+    return session

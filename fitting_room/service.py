@@ -1,0 +1,395 @@
+"""Use cases of the service (assign, cancel, exit check, status, alerts) over the store, engine and models.
+
+Plain Python: no HTTP, no clock. Every method that changes state takes `now` and runs as one store
+transaction, so an acknowledged change is committed before the caller answers.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, Protocol
+
+from fitting_room import engine
+from fitting_room.catalog import Catalog
+from fitting_room.engine import Floor, Prediction, Room, Rules, Session, SessionStatus
+from fitting_room.errors import ConflictError, InvalidRequestError, NotFoundError
+from fitting_room.estimates import Projection, minutes_between, project
+from fitting_room.store import Alert, Completion, Store
+
+ALERT_OUTCOMES = ("theft", "false_alarm", "item_found")
+
+
+class DurationModel(Protocol):
+    """What the service needs of the duration model."""
+
+    def estimate(
+        self, item_ids: Sequence[str], entry_time: datetime, catalog: Catalog, level: float = 0.9
+    ) -> Prediction:
+        """Predicted duration distribution for a basket entering at `entry_time`."""
+        ...
+
+
+class ReasonLike(Protocol):
+    """One explained reason of an anomaly result."""
+
+    @property
+    def code(self) -> str:
+        """Machine-readable reason code."""
+        ...
+
+    @property
+    def message(self) -> str:
+        """The reason in words a floor manager understands."""
+        ...
+
+
+class AnomalyLike(Protocol):
+    """What the service reads of an anomaly result."""
+
+    @property
+    def is_anomaly(self) -> bool:
+        """Whether staff should look at the session."""
+        ...
+
+    @property
+    def anomaly_score(self) -> float:
+        """0-1, higher is more suspicious."""
+        ...
+
+    @property
+    def risk_level(self) -> str:
+        """low, medium or high."""
+        ...
+
+    @property
+    def reasons(self) -> Sequence[ReasonLike]:
+        """Explanations, most important first."""
+        ...
+
+    @property
+    def missing_items(self) -> Sequence[str]:
+        """Items scanned in but not out."""
+        ...
+
+    @property
+    def unexpected_items(self) -> Sequence[str]:
+        """Items scanned out that never went in."""
+        ...
+
+
+class AnomalyModel(Protocol):
+    """What the service needs of the anomaly detector."""
+
+    def analyse(
+        self,
+        *,
+        entry_scans: Sequence[str],
+        exit_scans: Sequence[str],
+        duration: float,
+        estimate: Prediction,
+        catalog: Catalog,
+        predictor: Any,
+    ) -> AnomalyLike:
+        """Check one finished session."""
+        ...
+
+
+@dataclass(frozen=True)
+class SessionView:
+    """A session as callers see it, with its live position and wait estimate."""
+
+    session: Session
+    position: int | None = None
+    estimated_wait: float | None = None
+    completion: Completion | None = None
+
+
+@dataclass(frozen=True)
+class RoomView:
+    """A room with its occupant and when it is expected to free."""
+
+    room: Room
+    session: Session | None
+    predicted_end: datetime | None
+    predicted_free_at: datetime | None
+
+
+@dataclass(frozen=True)
+class FloorView:
+    """All rooms and the waitlist as of one moment."""
+
+    at: datetime
+    rooms: list[RoomView]
+    waitlist: list[SessionView]
+
+
+@dataclass(frozen=True)
+class ExitReport:
+    """An exit gate's report of a finished session (fields the server knows may be omitted)."""
+
+    session_id: str
+    room_id: str
+    exit_scans: Sequence[str]
+    entry_scans: Sequence[str] | None = None
+    entry_time: datetime | None = None
+    exit_time: datetime | None = None
+    actual_duration: float | None = None
+    predicted_duration: float | None = None
+
+
+@dataclass(frozen=True)
+class ExitResult:
+    """The anomaly verdict for a session and what it changed on the floor."""
+
+    session_id: str
+    anomaly: AnomalyLike
+    duration: float
+    predicted_duration: float
+    room_released: bool = False
+    next_assignment: Session | None = None
+    alert_id: int | None = None
+
+
+def new_session_id() -> str:
+    """A fresh, unguessable session id."""
+    return uuid.uuid4().hex
+
+
+class FittingRoomService:
+    """The store's fitting rooms: one instance per process, shared by all requests."""
+
+    def __init__(
+        self,
+        store: Store,
+        rules: Rules,
+        catalog: Catalog,
+        predictor: DurationModel,
+        detector: AnomalyModel,
+        new_id: Callable[[], str] = new_session_id,
+    ) -> None:
+        self.store = store
+        self.rules = rules
+        self.catalog = catalog
+        self.predictor = predictor
+        self.detector = detector
+        self.new_id = new_id
+
+    def predict(self, item_ids: Sequence[str], entry_time: datetime, level: float = 0.9) -> Prediction:
+        """Predicted duration (minutes) of a session with these items entering at `entry_time`."""
+        return self.predictor.estimate(item_ids, entry_time, self.catalog, level)
+
+    def assign(self, item_ids: Sequence[str], needs_accessible: bool, now: datetime) -> SessionView:
+        """Give an arriving customer the best free room, or a durable place in line."""
+        prediction = self.predict(item_ids, now)
+        session = Session(
+            session_id=self.new_id(),
+            item_ids=tuple(item_ids),
+            needs_accessible=needs_accessible,
+            arrived_at=now,
+            prediction=prediction,
+        )
+        with self.store.write() as tx:
+            floor = tx.load_floor()
+            changes = engine.admit(floor, session, now)
+            tx.save(floor, changes)
+        return self._view(floor, session, now)
+
+    def cancel(self, session_id: str, now: datetime) -> SessionView:
+        """Take a waiting customer out of the line."""
+        with self.store.write() as tx:
+            self._require_session(tx.session_exists(session_id), session_id)
+            floor = tx.load_floor()
+            if session_id not in floor.active:
+                stored, _ = tx.get_session(session_id)
+                raise ConflictError(f"session {session_id!r} is not waiting (it is {stored.status.value})")
+            session = engine.cancel(floor, session_id, now)
+            tx.save(floor, engine.Changes(sessions={session_id}), ended=[session])
+        return SessionView(session=session)
+
+    def session(self, session_id: str, at: datetime) -> SessionView:
+        """A session with its position and wait as of `at`."""
+        with self.store.read() as tx:
+            stored, completion = tx.get_session(session_id)
+            if stored.status is not SessionStatus.WAITLISTED:
+                return SessionView(session=stored, completion=completion)
+            floor = tx.load_floor()
+        return self._view(floor, floor.active[session_id], at)
+
+    def floor_status(self, at: datetime) -> FloorView:
+        """Every room and the waitlist, with estimates projected as of `at`."""
+        with self.store.read() as tx:
+            floor = tx.load_floor()
+        projection = project(floor, at, self.rules)
+        rooms = [self._room_view(floor, room, projection, at) for room in floor.rooms.values()]
+        positions = floor.positions()
+        waitlist = [
+            SessionView(s, positions[s.session_id], projection.waits[s.session_id]) for s in floor.waitlist()
+        ]
+        return FloorView(at=at, rooms=rooms, waitlist=waitlist)
+
+    def check_exit(self, report: ExitReport, now: datetime) -> ExitResult:
+        """Analyse a finished session; if it is the one in that room, complete it and free the room."""
+        with self.store.read() as tx:
+            known = tx.session_exists(report.session_id)
+            room_exists = report.room_id in tx.load_floor().rooms
+        if not room_exists:
+            raise NotFoundError(f"unknown room {report.room_id!r}")
+        if not known:
+            return self._analyse_unknown(report, now)
+        return self._complete(report, now)
+
+    def list_alerts(self, status: str | None = None, limit: int = 100) -> list[Alert]:
+        """Alerts for staff, open ones first."""
+        with self.store.read() as tx:
+            return tx.list_alerts(status, limit)
+
+    def resolve_alert(self, alert_id: int, outcome: str, note: str | None, now: datetime) -> Alert:
+        """Record what staff found for an alert (its label for the next training)."""
+        if outcome not in ALERT_OUTCOMES:
+            raise InvalidRequestError(f"outcome must be one of {', '.join(ALERT_OUTCOMES)}")
+        with self.store.write() as tx:
+            alert = tx.get_alert(alert_id)
+            if alert.status == "resolved":
+                raise ConflictError(f"alert {alert_id} is already resolved as {alert.outcome!r}")
+            tx.resolve_alert(alert_id, outcome, note, now)
+            return tx.get_alert(alert_id)
+
+    def _analyse_unknown(self, report: ExitReport, now: datetime) -> ExitResult:
+        if report.entry_scans is None:
+            raise InvalidRequestError(
+                f"session {report.session_id!r} is unknown to this store: entry_scans are required"
+            )
+        exit_time, duration = _exit_time_and_duration(report, report.entry_time, now)
+        entry_time = report.entry_time or exit_time - timedelta(minutes=duration)
+        estimate = self.predict(report.entry_scans, entry_time)
+        anomaly = self._analyse(report.entry_scans, report.exit_scans, duration, estimate)
+        return ExitResult(
+            session_id=report.session_id,
+            anomaly=anomaly,
+            duration=duration,
+            predicted_duration=estimate.median,
+        )
+
+    def _complete(self, report: ExitReport, now: datetime) -> ExitResult:
+        with self.store.write() as tx:
+            floor = tx.load_floor()
+            session = floor.active.get(report.session_id)
+            if session is None:
+                stored, _ = tx.get_session(report.session_id)
+                raise ConflictError(
+                    f"session {report.session_id!r} is {stored.status.value}, not in {report.room_id!r}"
+                )
+            if session.room_id != report.room_id:
+                where = f"in {session.room_id!r}" if session.room_id else "waiting for a room"
+                raise ConflictError(f"session {report.session_id!r} is {where}, not in {report.room_id!r}")
+            assert session.assigned_at is not None
+            exit_time, duration = _exit_time_and_duration(report, session.assigned_at, now)
+            anomaly = self._analyse(session.item_ids, report.exit_scans, duration, session.prediction)
+            changes = engine.release(floor, session.session_id, report.room_id, exit_time, self.rules)
+            tx.save(floor, changes, ended=[session])
+            tx.record_completion(
+                session.session_id,
+                Completion(list(report.exit_scans), duration, _anomaly_record(anomaly)),
+            )
+            alert_id = self._raise_alert(tx, session, anomaly, exit_time) if anomaly.is_anomaly else None
+        promoted = floor.active[changes.promoted[0]] if changes.promoted else None
+        return ExitResult(
+            session_id=session.session_id,
+            anomaly=anomaly,
+            duration=duration,
+            predicted_duration=session.prediction.median,
+            room_released=True,
+            next_assignment=promoted,
+            alert_id=alert_id,
+        )
+
+    def _analyse(
+        self, entry_scans: Sequence[str], exit_scans: Sequence[str], duration: float, estimate: Prediction
+    ) -> AnomalyLike:
+        return self.detector.analyse(
+            entry_scans=entry_scans,
+            exit_scans=exit_scans,
+            duration=duration,
+            estimate=estimate,
+            catalog=self.catalog,
+            predictor=self.predictor,
+        )
+
+    @staticmethod
+    def _raise_alert(tx: Any, session: Session, anomaly: AnomalyLike, now: datetime) -> int:
+        record = _anomaly_record(anomaly)
+        return int(
+            tx.add_alert(
+                {
+                    "session_id": session.session_id,
+                    "room_id": session.room_id,
+                    "raised_at": now,
+                    "anomaly_score": record["anomaly_score"],
+                    "risk_level": record["risk_level"],
+                    "reasons": record["reasons"],
+                    "missing_items": record["missing_items"],
+                    "unexpected_items": record["unexpected_items"],
+                }
+            )
+        )
+
+    def _view(self, floor: Floor, session: Session, at: datetime) -> SessionView:
+        if session.status is not SessionStatus.WAITLISTED:
+            return SessionView(session=session, estimated_wait=0.0)
+        projection = project(floor, at, self.rules)
+        return SessionView(
+            session=session,
+            position=floor.positions()[session.session_id],
+            estimated_wait=projection.waits[session.session_id],
+        )
+
+    @staticmethod
+    def _room_view(floor: Floor, room: Room, projection: Projection, at: datetime) -> RoomView:
+        session = floor.active.get(room.session_id) if room.session_id else None
+        if session is None or session.assigned_at is None:
+            return RoomView(room=room, session=None, predicted_end=None, predicted_free_at=None)
+        predicted_end = session.assigned_at + timedelta(minutes=session.prediction.median)
+        free_at = at + timedelta(minutes=projection.room_free_in[room.room_id])
+        return RoomView(room=room, session=session, predicted_end=predicted_end, predicted_free_at=free_at)
+
+    @staticmethod
+    def _require_session(exists: bool, session_id: str) -> None:
+        if not exists:
+            raise NotFoundError(f"unknown session {session_id!r}")
+
+
+def _exit_time_and_duration(
+    report: ExitReport, entry_time: datetime | None, now: datetime
+) -> tuple[datetime, float]:
+    """Exit time is exit_time, else entry + actual_duration, else now; duration follows from them."""
+    if report.actual_duration is None and entry_time is None:
+        raise InvalidRequestError("give actual_duration, or entry_time with exit_time")
+    if report.exit_time is not None:
+        exit_time = report.exit_time
+    elif report.actual_duration is not None and entry_time is not None:
+        exit_time = entry_time + timedelta(minutes=report.actual_duration)
+    else:
+        exit_time = now
+    if report.actual_duration is not None:
+        return exit_time, report.actual_duration
+    assert entry_time is not None
+    duration = minutes_between(entry_time, exit_time)
+    if duration < 0:
+        raise InvalidRequestError(
+            f"exit_time {exit_time.isoformat()} is before the entry time {entry_time.isoformat()}"
+        )
+    return exit_time, duration
+
+
+def _anomaly_record(anomaly: AnomalyLike) -> dict[str, Any]:
+    return {
+        "is_anomaly": bool(anomaly.is_anomaly),
+        "anomaly_score": float(anomaly.anomaly_score),
+        "risk_level": anomaly.risk_level,
+        "reasons": [{"code": r.code, "message": r.message} for r in anomaly.reasons],
+        "missing_items": list(anomaly.missing_items),
+        "unexpected_items": list(anomaly.unexpected_items),
+    }

@@ -1,0 +1,60 @@
+"""Service configuration: one pydantic-settings class read from FITTING_ROOM_* environment variables."""
+
+from enum import StrEnum
+from pathlib import Path
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+REPO_DIR = Path(__file__).resolve().parent.parent
+
+
+class Policy(StrEnum):
+    """Order in which waiting customers are offered a freed room."""
+
+    FIFO = "fifo"
+    EXPRESS = "express"
+
+
+class Settings(BaseSettings):
+    """Everything an installation can change without touching code."""
+
+    model_config = SettingsConfigDict(env_prefix="FITTING_ROOM_", frozen=True)
+
+    data_dir: Path = Field(Path("data"), description="Folder holding item_database.json.")
+    model_dir: Path = Field(Path("models"), description="Folder holding the joblib model files.")
+    database: str = Field(
+        "data/fitting_rooms.db",
+        description="State store: a file path means SQLite; a SQLAlchemy URL is used as given.",
+    )
+    rooms_file: Path = Field(
+        REPO_DIR / "rooms.json",
+        description='JSON list of rooms: [{"room_id": "room_1", "max_items": 8, "accessible": false}].',
+    )
+    timezone: str = Field("UTC", description="IANA time zone of the store, for time-of-day features.")
+    policy: Policy = Field(Policy.FIFO, description="Waitlist policy: fifo or express.")
+    max_passes: int = Field(
+        3, ge=0, description="How often a waiting customer may be overtaken before rooms are held."
+    )
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_timezone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError) as err:
+            raise ValueError(f"unknown time zone {value!r}") from err
+        return value
+
+    @property
+    def zone(self) -> ZoneInfo:
+        """The store's time zone object."""
+        return ZoneInfo(self.timezone)
+
+    @property
+    def database_url(self) -> str:
+        """SQLAlchemy URL of the state store (a plain path becomes a SQLite file URL)."""
+        if "://" in self.database:
+            return self.database
+        return f"sqlite:///{Path(self.database).expanduser().resolve()}"

@@ -1,0 +1,163 @@
+"""Assignment rules of the engine: best fit, accessibility, promotion, cancel, event-time ordering."""
+
+from __future__ import annotations
+
+import pytest
+
+from fitting_room import engine
+from fitting_room.engine import Rules, SessionStatus
+from fitting_room.errors import ConflictError, InvalidRequestError, NotFoundError
+from fitting_room.settings import Policy
+from tests.engine_factories import SessionFactory, at, make_floor
+
+FIFO = Rules()
+
+
+@pytest.fixture
+def new() -> SessionFactory:
+    return SessionFactory()
+
+
+def test_best_fit_takes_the_smallest_room_that_fits(new):
+    floor = make_floor(("big", 12, False), ("small", 4, False), ("mid", 8, False))
+    s = new(items=5)
+    engine.admit(floor, s, at(0))
+    assert s.status is SessionStatus.ASSIGNED
+    assert s.room_id == "mid"
+
+
+def test_accessible_room_goes_to_others_only_when_nothing_else_fits(new):
+    floor = make_floor(("acc", 4, True), ("plain", 8, False))
+    first = new(items=2)
+    engine.admit(floor, first, at(0))
+    assert first.room_id == "plain", "a spare accessible room is kept for those who need it"
+    second = new(items=2)
+    engine.admit(floor, second, at(1))
+    assert second.room_id == "acc", "when nothing else fits, the accessible room is used"
+
+
+def test_customer_needing_access_only_gets_accessible_rooms(new):
+    floor = make_floor(("plain", 8, False), ("acc", 8, True))
+    s = new(items=1, accessible=True)
+    engine.admit(floor, s, at(0))
+    assert s.room_id == "acc"
+    other = new(items=1, accessible=True)
+    engine.admit(floor, other, at(1))
+    assert other.status is SessionStatus.WAITLISTED
+
+
+def test_ties_go_to_the_room_free_longest(new):
+    floor = make_floor(("a", 6, False), ("b", 6, False))
+    s1, s2 = new(), new()
+    engine.admit(floor, s1, at(0))
+    engine.admit(floor, s2, at(0))
+    engine.release(floor, s2.session_id, s2.room_id or "", at(5), FIFO)
+    engine.release(floor, s1.session_id, s1.room_id or "", at(6), FIFO)
+    s3 = new()
+    engine.admit(floor, s3, at(7))
+    assert s3.room_id == s2.room_id, "the room freed first has been free longest"
+
+
+def test_too_many_items_names_the_largest_room(new):
+    floor = make_floor(("a", 6, False), ("b", 10, False))
+    with pytest.raises(InvalidRequestError, match="largest takes 10 items"):
+        engine.admit(floor, new(items=11), at(0))
+    assert floor.active == {}
+
+
+def test_accessible_need_without_accessible_room_is_refused(new):
+    floor = make_floor(("a", 6, False))
+    with pytest.raises(InvalidRequestError, match="no accessible"):
+        engine.admit(floor, new(accessible=True), at(0))
+
+
+def test_waitlist_positions_and_promotion_on_release(new):
+    floor = make_floor(("a", 6, False))
+    s1, s2, s3 = new(), new(), new()
+    for s in (s1, s2, s3):
+        engine.admit(floor, s, at(0))
+    assert floor.positions() == {s2.session_id: 1, s3.session_id: 2}
+    changes = engine.release(floor, s1.session_id, "a", at(10), FIFO)
+    assert changes.promoted == [s2.session_id]
+    assert s2.status is SessionStatus.ASSIGNED and s2.room_id == "a" and s2.assigned_at == at(10)
+    assert floor.positions() == {s3.session_id: 1}
+
+
+def test_freed_room_goes_to_first_waiting_customer_it_fits(new):
+    floor = make_floor(("small", 4, False), ("big", 10, False))
+    small_user, big_user = new(items=3), new(items=9)
+    engine.admit(floor, small_user, at(0))
+    engine.admit(floor, big_user, at(0))
+    head = new(items=9)  # needs the big room
+    behind = new(items=2)
+    engine.admit(floor, head, at(1))
+    engine.admit(floor, behind, at(2))
+    engine.release(floor, small_user.session_id, "small", at(5), FIFO)
+    assert behind.room_id == "small", "no head-of-line blocking"
+    assert head.status is SessionStatus.WAITLISTED
+    assert head.passed_over == 0, "a room that does not fit you does not count as overtaking"
+
+
+def test_cancel_closes_up_positions(new):
+    floor = make_floor(("a", 6, False))
+    s1, s2, s3, s4 = new(), new(), new(), new()
+    for s in (s1, s2, s3, s4):
+        engine.admit(floor, s, at(0))
+    engine.cancel(floor, s3.session_id, at(1))
+    assert floor.positions() == {s2.session_id: 1, s4.session_id: 2}
+    assert s3.status is SessionStatus.CANCELLED
+
+
+def test_cancel_of_assigned_session_is_a_conflict(new):
+    floor = make_floor(("a", 6, False))
+    s = new()
+    engine.admit(floor, s, at(0))
+    with pytest.raises(ConflictError, match="not waiting"):
+        engine.cancel(floor, s.session_id, at(1))
+
+
+def test_release_of_wrong_session_is_a_conflict_and_changes_nothing(new):
+    floor = make_floor(("a", 6, False), ("b", 6, False))
+    s1, s2 = new(), new()
+    engine.admit(floor, s1, at(0))
+    engine.admit(floor, s2, at(0))
+    with pytest.raises(ConflictError, match="not in"):
+        engine.release(floor, s1.session_id, s2.room_id or "", at(3), FIFO)
+    assert floor.rooms[s2.room_id or ""].session_id == s2.session_id
+    assert s1.status is SessionStatus.ASSIGNED
+
+
+def test_release_of_unknown_room_is_not_found(new):
+    floor = make_floor(("a", 6, False))
+    with pytest.raises(NotFoundError):
+        engine.release(floor, "x", "nope", at(0), FIFO)
+
+
+def test_event_earlier_than_the_rooms_last_event_is_refused(new):
+    floor = make_floor(("a", 6, False))
+    s = new()
+    engine.admit(floor, s, at(10))
+    with pytest.raises(InvalidRequestError, match="earlier than the last event"):
+        engine.release(floor, s.session_id, "a", at(5), FIFO)
+    assert s.status is SessionStatus.ASSIGNED
+
+
+def test_express_serves_shortest_predicted_first_and_bounds_overtaking(new):
+    floor = make_floor(("a", 6, False))
+    engine.admit(floor, new(minutes=10), at(0))
+    slow = new(minutes=60)
+    engine.admit(floor, slow, at(1))
+    rules = Rules(policy=Policy.EXPRESS, max_passes=2)
+    quick = [new(minutes=5) for _ in range(4)]
+    for s in quick:
+        engine.admit(floor, s, at(2))
+    served = []
+    t = 10.0
+    for _ in range(4):
+        occupant = floor.rooms["a"].session_id or ""
+        changes = engine.release(floor, occupant, "a", at(t), rules)
+        served.extend(changes.promoted)
+        t += 5
+    assert served[:2] == [quick[0].session_id, quick[1].session_id]
+    assert served[2] == slow.session_id, "after max_passes overtakes the next fitting room is held"
+    assert slow.passed_over == 2

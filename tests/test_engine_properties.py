@@ -1,0 +1,110 @@
+"""Hypothesis state machine over the engine: its invariants hold after any sequence of operations."""
+
+from __future__ import annotations
+
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
+
+from fitting_room import engine
+from fitting_room.engine import Floor, Rules, SessionStatus, fits
+from fitting_room.errors import InvalidRequestError
+from fitting_room.estimates import project
+from fitting_room.settings import Policy
+from tests.engine_factories import SessionFactory, at, make_floor
+
+
+class FloorMachine(RuleBasedStateMachine):
+    """Random arrivals, exits and cancellations against one floor."""
+
+    floor: Floor
+    rules: Rules
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.new = SessionFactory()
+        self.clock = 0.0
+
+    @initialize(
+        policy=st.sampled_from(list(Policy)),
+        max_passes=st.integers(0, 3),
+        sizes=st.lists(st.tuples(st.integers(1, 10), st.booleans()), min_size=1, max_size=5),
+    )
+    def setup(self, policy: Policy, max_passes: int, sizes: list[tuple[int, bool]]) -> None:
+        self.rules = Rules(policy=policy, max_passes=max_passes)
+        self.floor = make_floor(*((f"r{i}", n, acc) for i, (n, acc) in enumerate(sizes)))
+
+    def _tick(self, minutes: float) -> float:
+        self.clock += minutes
+        return self.clock
+
+    @rule(items=st.integers(1, 12), accessible=st.booleans(), minutes=st.floats(1, 60), gap=st.floats(0, 5))
+    def arrive(self, items: int, accessible: bool, minutes: float, gap: float) -> None:
+        session = self.new(items=items, accessible=accessible, minutes=minutes)
+        try:
+            engine.admit(self.floor, session, at(self._tick(gap)))
+        except InvalidRequestError:
+            assert not any(fits(r.spec, items, accessible) for r in self.floor.rooms.values())
+            assert session.session_id not in self.floor.active
+
+    @precondition(lambda self: any(not r.is_free for r in self.floor.rooms.values()))
+    @rule(data=st.data(), gap=st.floats(0, 30))
+    def leave(self, data: st.DataObject, gap: float) -> None:
+        occupied = sorted(r.room_id for r in self.floor.rooms.values() if not r.is_free)
+        room_id = data.draw(st.sampled_from(occupied))
+        session_id = self.floor.rooms[room_id].session_id or ""
+        engine.release(self.floor, session_id, room_id, at(self._tick(gap)), self.rules)
+        assert session_id not in self.floor.active
+
+    @precondition(lambda self: bool(self.floor.waitlist()))
+    @rule(data=st.data(), gap=st.floats(0, 5))
+    def give_up(self, data: st.DataObject, gap: float) -> None:
+        waiting = data.draw(st.sampled_from(self.floor.waitlist()))
+        engine.cancel(self.floor, waiting.session_id, at(self._tick(gap)))
+        assert waiting.status is SessionStatus.CANCELLED
+
+    @invariant()
+    def one_room_per_session_and_one_session_per_room(self) -> None:
+        occupants = [r.session_id for r in self.floor.rooms.values() if r.session_id]
+        assert len(occupants) == len(set(occupants))
+        for room in self.floor.rooms.values():
+            if room.session_id:
+                session = self.floor.active[room.session_id]
+                assert session.status is SessionStatus.ASSIGNED and session.room_id == room.room_id
+        assigned = [s for s in self.floor.active.values() if s.status is SessionStatus.ASSIGNED]
+        assert sorted(s.session_id for s in assigned) == sorted(occupants)
+
+    @invariant()
+    def assigned_rooms_fit(self) -> None:
+        for s in self.floor.active.values():
+            if s.status is SessionStatus.ASSIGNED:
+                assert fits(self.floor.rooms[s.room_id or ""].spec, s.item_count, s.needs_accessible)
+
+    @invariant()
+    def positions_are_contiguous(self) -> None:
+        positions = sorted(self.floor.positions().values())
+        assert positions == list(range(1, len(positions) + 1))
+
+    @invariant()
+    def no_room_idles_while_someone_it_fits_waits(self) -> None:
+        for room in self.floor.rooms.values():
+            if room.is_free:
+                assert not any(
+                    fits(room.spec, s.item_count, s.needs_accessible) for s in self.floor.waitlist()
+                )
+
+    @invariant()
+    def overtaking_is_bounded(self) -> None:
+        assert all(s.passed_over <= self.rules.max_passes for s in self.floor.waitlist())
+
+    @invariant()
+    def waits_are_positive(self) -> None:
+        waits = project(self.floor, at(self.clock), self.rules).waits
+        assert set(waits) == set(self.floor.positions())
+        assert all(w > 0 for w in waits.values())
+
+
+FloorMachine.TestCase.settings = settings(
+    max_examples=200, stateful_step_count=40, deadline=None, derandomize=True
+)
+TestFloorMachine = FloorMachine.TestCase

@@ -1,0 +1,185 @@
+"""The service over a real SQLite store: durability, lifecycle, errors that change nothing, concurrency."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from threading import Barrier
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.exc import IntegrityError
+
+from fitting_room.engine import RoomSpec, SessionStatus
+from fitting_room.errors import ConflictError, InvalidRequestError, NotFoundError
+from fitting_room.service import ExitReport, FittingRoomService
+from tests.engine_factories import at
+from tests.fakes import make_service
+
+ROOMS = [RoomSpec("room_1", 6), RoomSpec("room_2", 6), RoomSpec("room_3", 10, accessible=True)]
+ITEMS = ["sku-0001", "sku-0002"]
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Path:
+    return tmp_path / "state.db"
+
+
+@pytest.fixture
+def service(db: Path) -> FittingRoomService:
+    return make_service(db, ROOMS)
+
+
+def snapshot(service: FittingRoomService) -> tuple[object, ...]:
+    view = service.floor_status(at(0))
+    rooms = tuple((r.room.room_id, r.session.session_id if r.session else None) for r in view.rooms)
+    waiting = tuple((w.session.session_id, w.position) for w in view.waitlist)
+    return rooms, waiting
+
+
+def fill(service: FittingRoomService, n: int, minute: float = 0) -> list[str]:
+    return [service.assign(ITEMS, False, at(minute)).session.session_id for _ in range(n)]
+
+
+def test_state_survives_reopening_the_store(db: Path, service: FittingRoomService):
+    fill(service, 5)
+    before = snapshot(service)
+    service.store.close()
+    reopened = make_service(db, ROOMS)
+    assert snapshot(reopened) == before
+    assert len(before[1]) == 2
+
+
+def test_full_waitlist_lifecycle(service: FittingRoomService):
+    first, _, _, w1, w2, w3 = fill(service, 6)
+    assert [service.session(s, at(1)).position for s in (w1, w2, w3)] == [1, 2, 3]
+    waits = [service.session(s, at(1)).estimated_wait for s in (w1, w2, w3)]
+    assert all(w is not None and w > 0 for w in waits)
+    assert waits == sorted(waits), "the wait grows with position"
+
+    service.cancel(w2, at(2))
+    assert service.session(w3, at(2)).position == 2
+    assert service.session(w2, at(2)).session.status is SessionStatus.CANCELLED
+
+    room = service.session(first, at(3)).session.room_id or ""
+    result = service.check_exit(ExitReport(first, room, exit_scans=ITEMS, exit_time=at(12)), at(30))
+    assert result.room_released and not result.anomaly.is_anomaly
+    assert result.next_assignment is not None and result.next_assignment.session_id == w1
+    promoted = service.session(w1, at(13)).session
+    assert promoted.status is SessionStatus.ASSIGNED and promoted.room_id == room
+    assert promoted.assigned_at == at(12), "promotion happens at the exit's event time"
+    assert service.session(w3, at(13)).position == 1
+
+    done = service.session(first, at(13))
+    assert done.session.status is SessionStatus.COMPLETED
+    assert done.completion is not None and done.completion.actual_duration == pytest.approx(12)
+
+
+def test_missing_item_opens_an_alert_that_staff_resolve(service: FittingRoomService):
+    [s] = fill(service, 1)
+    room = service.session(s, at(0)).session.room_id or ""
+    result = service.check_exit(ExitReport(s, room, exit_scans=ITEMS[:1], actual_duration=9), at(10))
+    assert result.anomaly.is_anomaly and result.alert_id is not None
+    [alert] = service.list_alerts("open")
+    assert alert.missing_items == ["sku-0002"] and alert.session_id == s
+    resolved = service.resolve_alert(alert.alert_id, "item_found", "on the hook", at(20))
+    assert resolved.status == "resolved" and resolved.outcome == "item_found"
+    with pytest.raises(ConflictError):
+        service.resolve_alert(alert.alert_id, "theft", None, at(21))
+    with service.store.read() as tx:
+        history = tx.finished_sessions()
+    assert history[0]["outcome"] == "item_found"
+
+
+@pytest.mark.parametrize(
+    ("report", "error", "message"),
+    [
+        (ExitReport("nobody", "room_99", exit_scans=ITEMS, actual_duration=3), NotFoundError, "unknown room"),
+        (ExitReport("nobody", "room_1", exit_scans=ITEMS), InvalidRequestError, "entry_scans"),
+        (
+            ExitReport("nobody", "room_1", exit_scans=ITEMS, entry_scans=ITEMS),
+            InvalidRequestError,
+            "actual_duration",
+        ),
+    ],
+)
+def test_exit_errors_change_nothing(service, report, error, message):
+    fill(service, 4)
+    before = snapshot(service)
+    with pytest.raises(error, match=message):
+        service.check_exit(report, at(5))
+    assert snapshot(service) == before
+
+
+def test_session_in_another_room_or_waiting_is_a_conflict(service: FittingRoomService):
+    s1, s2, _, waiting = fill(service, 4)
+    room2 = service.session(s2, at(0)).session.room_id or ""
+    before = snapshot(service)
+    with pytest.raises(ConflictError, match="not in"):
+        service.check_exit(ExitReport(s1, room2, exit_scans=ITEMS, actual_duration=5), at(5))
+    with pytest.raises(ConflictError, match="waiting"):
+        service.check_exit(ExitReport(waiting, room2, exit_scans=ITEMS, actual_duration=5), at(5))
+    assert snapshot(service) == before
+
+
+def test_completed_session_cannot_be_released_twice(service: FittingRoomService):
+    [s] = fill(service, 1)
+    room = service.session(s, at(0)).session.room_id or ""
+    service.check_exit(ExitReport(s, room, exit_scans=ITEMS, actual_duration=5), at(5))
+    before = snapshot(service)
+    with pytest.raises(ConflictError, match="completed"):
+        service.check_exit(ExitReport(s, room, exit_scans=ITEMS, actual_duration=5), at(6))
+    assert snapshot(service) == before
+
+
+def test_exit_before_entry_is_refused(service: FittingRoomService):
+    [s] = fill(service, 1, minute=10)
+    room = service.session(s, at(10)).session.room_id or ""
+    before = snapshot(service)
+    with pytest.raises(InvalidRequestError, match="before"):
+        service.check_exit(ExitReport(s, room, exit_scans=ITEMS, exit_time=at(5)), at(20))
+    assert snapshot(service) == before
+
+
+def test_unknown_session_is_analysed_without_state_change(service: FittingRoomService):
+    fill(service, 2)
+    before = snapshot(service)
+    report = ExitReport(
+        "some-unique-session-id", "room_1", exit_scans=[], entry_scans=ITEMS, actual_duration=4
+    )
+    result = service.check_exit(report, at(5))
+    assert result.anomaly.missing_items == ITEMS and not result.room_released
+    assert snapshot(service) == before
+    assert service.list_alerts() == []
+
+
+def test_cancel_errors(service: FittingRoomService):
+    [s] = fill(service, 1)
+    with pytest.raises(NotFoundError):
+        service.cancel("ghost", at(1))
+    with pytest.raises(ConflictError, match="assigned"):
+        service.cancel(s, at(1))
+
+
+def test_database_refuses_two_sessions_in_one_room(service: FittingRoomService):
+    fill(service, 2)
+    with service.store.engine.connect() as conn, pytest.raises(IntegrityError):
+        conn.execute(text("UPDATE sessions SET room_id = 'room_1' WHERE status = 'assigned'"))
+
+
+def test_thirty_concurrent_assignments_share_no_room(db: Path):
+    rooms = [RoomSpec(f"room_{i}", 6) for i in range(10)]
+    service = make_service(db, rooms)
+    barrier = Barrier(30)
+
+    def arrive(_: int) -> str:
+        barrier.wait()
+        return service.assign(ITEMS, False, at(0)).session.session_id
+
+    with ThreadPoolExecutor(30) as pool:
+        ids = list(pool.map(arrive, range(30)))
+    view = service.floor_status(at(0))
+    occupants = [r.session.session_id for r in view.rooms if r.session]
+    assert len(occupants) == 10 == len(set(occupants))
+    assert [w.position for w in view.waitlist] == list(range(1, 21))
+    assert sorted(occupants + [w.session.session_id for w in view.waitlist]) == sorted(ids)
