@@ -142,6 +142,14 @@ alerts_table = Table(
     Column("resolved_at", UTCDateTime, nullable=True),
 )
 
+events_table = Table(
+    "events",
+    metadata,
+    Column("event_id", Integer, primary_key=True, autoincrement=True),
+    Column("kind", String(32), nullable=False),
+    Column("payload", JSON, nullable=False),
+)
+
 DEFAULT_STORE = "default"
 
 
@@ -162,6 +170,15 @@ class Alert:
     outcome: str | None
     note: str | None
     resolved_at: datetime | None
+
+
+@dataclass(frozen=True)
+class Event:
+    """One committed change, in commit order: what live dashboards replay."""
+
+    event_id: int
+    kind: str
+    payload: dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -340,6 +357,31 @@ class Transaction:
             .where(store_state.c.store_id == self.store_id)
             .values(next_queue_seq=floor.next_queue_seq)
         )
+        for session in touched:
+            self.log_event(
+                f"session_{session.status.value}",
+                {"session_id": session.session_id, "room_id": session.room_id},
+            )
+
+    def log_event(self, kind: str, payload: dict[str, Any]) -> None:
+        """Append a change to the event log; it commits (or not) with the change itself."""
+        self.conn.execute(insert(events_table).values(kind=kind, payload=payload))
+
+    def events_after(self, event_id: int, limit: int = 500) -> list[Event]:
+        """Committed events newer than `event_id`, oldest first."""
+        rows = self.conn.execute(
+            select(events_table)
+            .where(events_table.c.event_id > event_id)
+            .order_by(events_table.c.event_id)
+            .limit(limit)
+        ).mappings()
+        return [Event(r["event_id"], r["kind"], dict(r["payload"])) for r in rows]
+
+    def last_event_id(self) -> int:
+        """Id of the newest event, 0 when there is none."""
+        return int(
+            self.conn.execute(select(func.coalesce(func.max(events_table.c.event_id), 0))).scalar_one()
+        )
 
     def _existing_session_ids(self, ids: Iterable[str]) -> set[str]:
         wanted = list(ids)
@@ -389,7 +431,9 @@ class Transaction:
         result = self.conn.execute(insert(alerts_table).values(status="open", **alert))
         key = result.inserted_primary_key
         assert key is not None
-        return int(key[0])
+        alert_id = int(key[0])
+        self.log_event("alert_raised", {"alert_id": alert_id, "session_id": alert["session_id"]})
+        return alert_id
 
     def list_alerts(self, status: str | None = None, limit: int = 100) -> list[Alert]:
         """Alerts, open ones first, newest first within each group."""
@@ -419,6 +463,7 @@ class Transaction:
             .where(alerts_table.c.alert_id == alert_id)
             .values(status="resolved", outcome=outcome, note=note, resolved_at=now)
         )
+        self.log_event("alert_resolved", {"alert_id": alert_id, "outcome": outcome})
 
     def finished_sessions(self) -> list[dict[str, Any]]:
         """Completed sessions with their exit record and any staff outcome, oldest first."""

@@ -183,3 +183,18 @@ def test_thirty_concurrent_assignments_share_no_room(db: Path):
     assert len(occupants) == 10 == len(set(occupants))
     assert [w.position for w in view.waitlist] == list(range(1, 21))
     assert sorted(occupants + [w.session.session_id for w in view.waitlist]) == sorted(ids)
+
+
+def test_every_committed_change_is_in_the_event_log(service: FittingRoomService):
+    s1, _, _, waiting = fill(service, 4)
+    room = service.session(s1, at(0)).session.room_id or ""
+    with pytest.raises(ConflictError):
+        service.cancel(s1, at(1))
+    service.check_exit(ExitReport(s1, room, exit_scans=[], actual_duration=5), at(5))
+    with service.store.read() as tx:
+        events = tx.events_after(0)
+        assert tx.last_event_id() == events[-1].event_id
+    kinds = [e.kind for e in events]
+    assert kinds[:4] == ["session_assigned"] * 3 + ["session_waitlisted"]
+    assert kinds[4:] == ["session_completed", "session_assigned", "alert_raised"]
+    assert events[5].payload == {"session_id": waiting, "room_id": room}
