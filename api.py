@@ -6,24 +6,39 @@ Run with `uvicorn api:app`. Settings come from FITTING_ROOM_* environment variab
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Annotated
+from pathlib import Path
+from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, Query, Request
-from fastapi.responses import JSONResponse
+from fastapi import Depends, FastAPI, Header, Query, Request, Security
+from fastapi import Path as PathParam
+from fastapi.responses import JSONResponse, Response
+from fastapi.security import APIKeyHeader
+from pydantic import BaseModel
 
 from fitting_room import __version__, presenters
+from fitting_room.auth import KeyRing, Role, authorize
 from fitting_room.catalog import Catalog
+from fitting_room.dashboard import dashboard_router
 from fitting_room.engine import Rules
 from fitting_room.errors import (
+    AuthenticationError,
     ConflictError,
+    DataContractError,
     FittingRoomError,
     InvalidRequestError,
+    ModelLoadError,
     NotFoundError,
+    PermissionDeniedError,
+    ServiceUnavailableError,
 )
+from fitting_room.idempotency import fingerprint, run_once
+from fitting_room.manifest import ANOMALY_MODEL, DURATION_MODEL, read_manifest, verify_artifact
+from fitting_room.metrics import CONTENT_TYPE, Metrics
+from fitting_room.middleware import BodySizeLimitMiddleware, RequestContextMiddleware, configure_logging
 from fitting_room.rooms import load_rooms
 from fitting_room.schemas import (
     AlertResponse,
@@ -33,8 +48,11 @@ from fitting_room.schemas import (
     DetectAnomalyRequest,
     DetectAnomalyResponse,
     ErrorResponse,
+    HealthResponse,
+    LoadedModelsResponse,
     PredictDurationRequest,
     PredictDurationResponse,
+    ReadinessResponse,
     ResolveAlertRequest,
     RoomsStatusResponse,
     SessionResponse,
@@ -48,52 +66,121 @@ from models import AnomalyDetector, DurationPredictor
 logger = logging.getLogger("fitting_room.api")
 
 ERROR_STATUS: dict[type[FittingRoomError], int] = {
-    InvalidRequestError: 422,
+    AuthenticationError: 401,
+    PermissionDeniedError: 403,
     NotFoundError: 404,
     ConflictError: 409,
+    InvalidRequestError: 422,
+    ServiceUnavailableError: 503,
 }
-ERRORS = {
+ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorResponse, "description": "Missing or unknown API key."},
+    403: {"model": ErrorResponse, "description": "The key's role may not call this endpoint."},
     404: {"model": ErrorResponse, "description": "Unknown room or session."},
     409: {"model": ErrorResponse, "description": "The request contradicts the current state."},
+    413: {"model": ErrorResponse, "description": "Request body over 64 KiB."},
     422: {"description": "Invalid input; nothing was changed."},
+    503: {"model": ErrorResponse, "description": "Models not verified and loaded."},
 }
+api_key_header = APIKeyHeader(
+    name="X-API-Key", auto_error=False, description="API key; its role (kiosk, staff, admin) decides what it may call."
+)
 
 
-@dataclass(frozen=True)
+class UnavailableModel:
+    """Stands in for a model that failed verification: every use answers 503 with the reason."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+    def estimate(self, *_args: Any, **_kwargs: Any) -> Any:
+        """Refuse: the duration model is not loaded."""
+        raise ServiceUnavailableError(f"models are not loaded: {self.reason}")
+
+    def analyse(self, **_kwargs: Any) -> Any:
+        """Refuse: the anomaly model is not loaded."""
+        raise ServiceUnavailableError(f"models are not loaded: {self.reason}")
+
+
+@dataclass
+class ModelStatus:
+    """Which verified artifacts are loaded, or why none are."""
+
+    manifest: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+
+    def versions(self) -> list[tuple[str, str]]:
+        """(artifact, SHA-256 prefix) of every loaded artifact."""
+        artifacts = self.manifest.get("artifacts", {})
+        return [(name, entry["sha256"][:12]) for name, entry in sorted(artifacts.items())]
+
+
+@dataclass
 class AppState:
     """What the lifespan opens and every request shares."""
 
     settings: Settings
     service: FittingRoomService
+    keyring: KeyRing | None
+    metrics: Metrics
+    models: ModelStatus
 
 
-def open_service(settings: Settings) -> FittingRoomService:
-    """Open the store, sync the rooms file and load the catalog and verified models."""
+def load_models(model_dir: Path) -> tuple[DurationPredictor, AnomalyDetector, dict[str, Any]]:
+    """Verify every artifact against the manifest, then unpickle; nothing unverified is ever loaded."""
+    manifest = read_manifest(model_dir)
+    duration_path = verify_artifact(model_dir, DURATION_MODEL, manifest)
+    anomaly_path = verify_artifact(model_dir, ANOMALY_MODEL, manifest)
+    return DurationPredictor.load(duration_path), AnomalyDetector.load(anomaly_path), manifest
+
+
+def open_state(settings: Settings, metrics: Metrics) -> AppState:
+    """Open the store, sync the rooms file, load keys, the catalog and the verified models."""
+    keyring = KeyRing.load(settings.api_keys_file) if settings.api_keys_file else None
+    if keyring is None:
+        logger.warning("authentication is off: set FITTING_ROOM_API_KEYS_FILE to require API keys")
     catalog = Catalog.load(settings.data_dir / "item_database.json")
-    predictor = DurationPredictor.load(settings.model_dir / "duration_model.pkl")
-    detector = AnomalyDetector.load(settings.model_dir / "anomaly_model.pkl")
     store = Store(settings.database_url)
     store.create_schema()
-    rules = Rules(policy=settings.policy, max_passes=settings.max_passes)
     with store.write() as tx:
         kept = tx.sync_rooms(load_rooms(settings.rooms_file))
     if kept:
         logger.warning("rooms %s are no longer configured but occupied; kept until released", kept)
-    return FittingRoomService(store, rules, catalog, predictor, detector)
+    rules = Rules(policy=settings.policy, max_passes=settings.max_passes)
+    service = FittingRoomService(store, rules, catalog, UnavailableModel("loading"), UnavailableModel("loading"))
+    status = swap_models(service, settings.model_dir, metrics)
+    metrics.watch_waitlist(lambda: len(service.floor_status(datetime.now(UTC)).waitlist))
+    return AppState(settings, service, keyring, metrics, status)
+
+
+def swap_models(service: FittingRoomService, model_dir: Path, metrics: Metrics) -> ModelStatus:
+    """Load verified models and put them in service; on failure keep serving without them and say why."""
+    try:
+        predictor, detector, manifest = load_models(model_dir)
+    except (ModelLoadError, DataContractError, OSError) as err:
+        logger.error("models not loaded: %s", err)
+        service.predictor = service.detector = UnavailableModel(str(err))
+        metrics.set_models([])
+        return ModelStatus(error=str(err))
+    service.predictor, service.detector = predictor, detector
+    status = ModelStatus(manifest=manifest)
+    metrics.set_models(status.versions())
+    return status
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     """The FastAPI application; `settings` defaults to the environment."""
+    metrics = Metrics()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        resolved = settings or Settings()
-        service = open_service(resolved)
-        app.state.ctx = AppState(settings=resolved, service=service)
+        configure_logging()
+        state = open_state(settings or Settings(), metrics)
+        app.state.ctx = state
         try:
             yield
         finally:
-            service.store.close()
+            state.service.store.close()
 
     app = FastAPI(
         title="Smart Fitting Room",
@@ -103,13 +190,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.add_exception_handler(FittingRoomError, _domain_error)  # type: ignore[arg-type]
+    app.add_middleware(BodySizeLimitMiddleware)
+    app.add_middleware(RequestContextMiddleware, metrics=metrics)
     _add_routes(app)
+    app.include_router(dashboard_router())
     return app
 
 
 async def _domain_error(_request: Request, exc: FittingRoomError) -> JSONResponse:
     status = next((code for cls, code in ERROR_STATUS.items() if isinstance(exc, cls)), 500)
-    return JSONResponse(status_code=status, content={"detail": str(exc)})
+    headers = {"WWW-Authenticate": "ApiKey"} if status == 401 else None
+    return JSONResponse(status_code=status, content={"detail": str(exc)}, headers=headers)
 
 
 def get_state(request: Request) -> AppState:
@@ -119,6 +210,34 @@ def get_state(request: Request) -> AppState:
 
 
 State = Annotated[AppState, Depends(get_state)]
+SessionId = Annotated[str, PathParam(min_length=1, max_length=64, description="Session id.")]
+At = Annotated[datetime | None, Query(description="Project estimates as of this time (ISO 8601).")]
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        min_length=1,
+        max_length=200,
+        description="Retry-safe key: a retry with the same key and body returns the first response.",
+    ),
+]
+
+
+def requires(role: Role, action: str) -> Any:
+    """Dependency: the caller's key must have at least `role` (no keys configured: open)."""
+
+    def check(state: State, key: Annotated[str | None, Security(api_key_header)]) -> None:
+        if state.keyring is None:
+            return
+        found, _store = state.keyring.identify(key)
+        authorize(found, role, action)
+
+    return Depends(check)
+
+
+KIOSK = [requires(Role.KIOSK, "use the kiosk endpoints")]
+STAFF = [requires(Role.STAFF, "use staff endpoints")]
+ADMIN = [requires(Role.ADMIN, "administer the service")]
 
 
 def event_time(value: datetime | None, settings: Settings) -> datetime:
@@ -130,67 +249,140 @@ def event_time(value: datetime | None, settings: Settings) -> datetime:
     return value
 
 
+def once(
+    state: AppState, key: str | None, request: Request, body: BaseModel | None, action: Callable[[], BaseModel]
+) -> Any:
+    """Run a state change once per Idempotency-Key, storing its response in the same transaction."""
+    if key is None:
+        return action()
+    canonical = body.model_dump_json() if body is not None else ""
+    stored, replayed = run_once(
+        state.service.store,
+        key,
+        fingerprint(request.method, request.url.path, canonical),
+        datetime.now(UTC),
+        lambda: action().model_dump(mode="json"),
+    )
+    return JSONResponse(stored, headers={"Idempotent-Replayed": "true" if replayed else "false"})
+
+
 def _add_routes(app: FastAPI) -> None:
     @app.get("/", response_model=WelcomeResponse, summary="Welcome")
-    def root() -> WelcomeResponse:
+    def root(state: State) -> WelcomeResponse:
         return WelcomeResponse(
-            message="Smart Fitting Room service", version=__version__, docs="/docs", openapi="/openapi.json"
+            message="Smart Fitting Room service",
+            version=__version__,
+            docs="/docs",
+            openapi="/openapi.json",
+            authentication="on" if state.keyring is not None else "off",
         )
 
-    @app.post("/predict_duration", response_model=PredictDurationResponse, responses=ERRORS)
+    @app.get("/healthz", response_model=HealthResponse, summary="Liveness")
+    def healthz() -> HealthResponse:
+        """The process answers."""
+        return HealthResponse(status="ok")
+
+    @app.get("/readyz", response_model=ReadinessResponse, responses={503: {"model": ReadinessResponse}})
+    def readyz(state: State) -> Any:
+        """Ready when the models are verified and loaded and the database accepts a write."""
+        problems = [f"models: {state.models.error}"] if state.models.error else []
+        try:
+            state.service.store.ping()
+        except Exception as err:  # any database failure means not ready, whatever its type
+            problems.append(f"database: {type(err).__name__}: {err}")
+        body = ReadinessResponse(status="ready" if not problems else "not ready", problems=problems)
+        return body if not problems else JSONResponse(status_code=503, content=body.model_dump())
+
+    @app.get("/metrics", summary="Prometheus metrics", response_class=Response)
+    def metrics(state: State) -> Response:
+        """Requests, latency, assignments, waitlist length, alerts and model versions."""
+        return Response(state.metrics.render(), media_type=CONTENT_TYPE)
+
+    @app.get("/models", response_model=LoadedModelsResponse, dependencies=STAFF, responses=ERRORS)
+    def loaded_models(state: State) -> LoadedModelsResponse:
+        """What is loaded: versions, training time, data size and headline metrics."""
+        return presenters.models_response(state.models.manifest, state.models.error)
+
+    @app.post("/models/reload", response_model=LoadedModelsResponse, dependencies=ADMIN, responses=ERRORS)
+    def reload_models(state: State) -> LoadedModelsResponse:
+        """Verify the artifacts on disk and swap them in without a restart."""
+        state.models = swap_models(state.service, state.settings.model_dir, state.metrics)
+        if state.models.error:
+            raise ServiceUnavailableError(f"models not loaded: {state.models.error}")
+        return presenters.models_response(state.models.manifest, None)
+
+    @app.post("/predict_duration", response_model=PredictDurationResponse, dependencies=KIOSK, responses=ERRORS)
     def predict_duration(body: PredictDurationRequest, state: State) -> PredictDurationResponse:
         """Predict how long a session with these items will take."""
         entry = event_time(body.entry_time, state.settings)
         return presenters.prediction_response(state.service.predict(body.item_ids, entry, body.level))
 
-    @app.post("/assign_room", response_model=AssignRoomResponse, responses=ERRORS)
-    def assign_room(body: AssignRoomRequest, state: State) -> AssignRoomResponse:
+    @app.post("/assign_room", response_model=AssignRoomResponse, dependencies=KIOSK, responses=ERRORS)
+    def assign_room(
+        body: AssignRoomRequest, state: State, request: Request, idempotency_key: IdempotencyKey = None
+    ) -> Any:
         """Assign the best free room, or a durable place on the waitlist."""
-        now = event_time(body.timestamp, state.settings)
-        return presenters.assignment_response(state.service.assign(body.item_ids, body.accessible, now))
 
-    @app.get("/rooms/status", response_model=RoomsStatusResponse)
-    def rooms_status(
-        state: State,
-        at: Annotated[datetime | None, Query(description="Project estimates as of this time.")] = None,
-    ) -> RoomsStatusResponse:
+        def act() -> AssignRoomResponse:
+            now = event_time(body.timestamp, state.settings)
+            response = presenters.assignment_response(state.service.assign(body.item_ids, body.accessible, now))
+            state.metrics.assignments.labels(outcome=response.status).inc()
+            return response
+
+        return once(state, idempotency_key, request, body, act)
+
+    @app.get("/rooms/status", response_model=RoomsStatusResponse, dependencies=KIOSK, responses=ERRORS)
+    def rooms_status(state: State, at: At = None) -> RoomsStatusResponse:
         """Every room and the waitlist with live estimates."""
         return presenters.floor_response(state.service.floor_status(event_time(at, state.settings)))
 
-    @app.get("/sessions/{session_id}", response_model=SessionResponse, responses=ERRORS)
-    def get_session(
-        session_id: str,
-        state: State,
-        at: Annotated[datetime | None, Query(description="Project estimates as of this time.")] = None,
-    ) -> SessionResponse:
+    @app.get("/sessions/{session_id}", response_model=SessionResponse, dependencies=KIOSK, responses=ERRORS)
+    def get_session(session_id: SessionId, state: State, at: At = None) -> SessionResponse:
         """A session: status, room, or position and estimated wait while waiting."""
         view = state.service.session(session_id, event_time(at, state.settings))
         return presenters.session_response(view)
 
-    @app.post("/sessions/{session_id}/cancel", response_model=SessionResponse, responses=ERRORS)
-    def cancel_session(session_id: str, state: State) -> SessionResponse:
+    @app.post("/sessions/{session_id}/cancel", response_model=SessionResponse, dependencies=KIOSK, responses=ERRORS)
+    def cancel_session(
+        session_id: SessionId, state: State, request: Request, idempotency_key: IdempotencyKey = None
+    ) -> Any:
         """A waiting customer leaves the line; positions behind close up."""
-        now = event_time(None, state.settings)
-        return presenters.session_response(state.service.cancel(session_id, now))
 
-    @app.post("/detect_anomaly", response_model=DetectAnomalyResponse, responses=ERRORS)
-    def detect_anomaly(body: DetectAnomalyRequest, state: State) -> DetectAnomalyResponse:
+        def act() -> SessionResponse:
+            now = event_time(None, state.settings)
+            return presenters.session_response(state.service.cancel(session_id, now))
+
+        return once(state, idempotency_key, request, None, act)
+
+    @app.post("/detect_anomaly", response_model=DetectAnomalyResponse, dependencies=STAFF, responses=ERRORS)
+    def detect_anomaly(
+        body: DetectAnomalyRequest, state: State, request: Request, idempotency_key: IdempotencyKey = None
+    ) -> Any:
         """Check a finished session; for the session in that room, complete it and free the room."""
         settings = state.settings
-        report = ExitReport(
-            session_id=body.session_id,
-            room_id=body.room_id,
-            exit_scans=body.exit_scans,
-            entry_scans=body.entry_scans,
-            entry_time=event_time(body.entry_time, settings) if body.entry_time else None,
-            exit_time=event_time(body.exit_time, settings) if body.exit_time else None,
-            actual_duration=body.actual_duration,
-            predicted_duration=body.predicted_duration,
-        )
-        result = state.service.check_exit(report, event_time(None, settings))
-        return presenters.exit_response(result)
 
-    @app.get("/alerts", response_model=AlertsResponse)
+        def act() -> DetectAnomalyResponse:
+            report = ExitReport(
+                session_id=body.session_id,
+                room_id=body.room_id,
+                exit_scans=body.exit_scans,
+                entry_scans=body.entry_scans,
+                entry_time=event_time(body.entry_time, settings) if body.entry_time else None,
+                exit_time=event_time(body.exit_time, settings) if body.exit_time else None,
+                actual_duration=body.actual_duration,
+                predicted_duration=body.predicted_duration,
+            )
+            response = presenters.exit_response(state.service.check_exit(report, event_time(None, settings)))
+            if response.next_assignment is not None:
+                state.metrics.assignments.labels(outcome="promoted").inc()
+            if response.alert_id is not None:
+                for reason in response.reasons:
+                    state.metrics.alerts.labels(reason=reason.code).inc()
+            return response
+
+        return once(state, idempotency_key, request, body, act)
+
+    @app.get("/alerts", response_model=AlertsResponse, dependencies=STAFF, responses=ERRORS)
     def list_alerts(
         state: State,
         status: Annotated[str | None, Query(pattern="^(open|resolved)$", description="Filter.")] = None,
@@ -200,8 +392,12 @@ def _add_routes(app: FastAPI) -> None:
         alerts = state.service.list_alerts(status, limit)
         return AlertsResponse(alerts=[presenters.alert_response(a) for a in alerts])
 
-    @app.post("/alerts/{alert_id}/resolve", response_model=AlertResponse, responses=ERRORS)
-    def resolve_alert(alert_id: int, body: ResolveAlertRequest, state: State) -> AlertResponse:
+    @app.post("/alerts/{alert_id}/resolve", response_model=AlertResponse, dependencies=STAFF, responses=ERRORS)
+    def resolve_alert(
+        alert_id: Annotated[int, PathParam(ge=1, le=2**62, description="Alert id.")],
+        body: ResolveAlertRequest,
+        state: State,
+    ) -> AlertResponse:
         """Record what staff found; the outcome becomes a training label."""
         now = event_time(None, state.settings)
         alert = state.service.resolve_alert(alert_id, body.outcome, body.note, now)

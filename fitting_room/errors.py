@@ -23,3 +23,15 @@ class DataContractError(FittingRoomError):
 
 class ModelLoadError(FittingRoomError):
     """A model artifact is missing, unverifiable or built for another feature schema or library version."""
+
+
+class AuthenticationError(FittingRoomError):
+    """No API key, or one the service does not know (HTTP 401)."""
+
+
+class PermissionDeniedError(FittingRoomError):
+    """The key's role may not use this endpoint (HTTP 403)."""
+
+
+class ServiceUnavailableError(FittingRoomError):
+    """A dependency (verified models, the database) is not ready (HTTP 503)."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fitting_room.engine import Prediction, Session, SessionStatus
 from fitting_room.schemas import (
     AlertResponse,
@@ -10,6 +12,8 @@ from fitting_room.schemas import (
     AssignRoomResponse,
     DetectAnomalyResponse,
     Interval,
+    LoadedModel,
+    LoadedModelsResponse,
     PredictDurationResponse,
     RoomsStatusResponse,
     RoomStatus,
@@ -158,4 +162,18 @@ def alert_response(alert: Alert) -> AlertResponse:
         outcome=alert.outcome,
         note=alert.note,
         resolved_at=alert.resolved_at,
+    )
+
+
+def models_response(manifest: dict[str, Any], error: str | None) -> LoadedModelsResponse:
+    """Body of GET /models from the verified manifest."""
+    artifacts = manifest.get("artifacts", {})
+    return LoadedModelsResponse(
+        loaded=error is None and bool(artifacts),
+        error=error,
+        models=[LoadedModel(name=name, version=entry["sha256"]) for name, entry in sorted(artifacts.items())],
+        trained_at=manifest.get("trained_at"),
+        sklearn_version=manifest.get("sklearn_version"),
+        data=dict(manifest.get("data", {})),
+        metrics=dict(manifest.get("headline_metrics", {})),
     )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, StringConstraints
 
@@ -45,9 +45,7 @@ class PredictDurationRequest(BaseModel):
         description="Entry time (ISO 8601; without an offset it is store-local). Default: now.",
         examples=[EXAMPLE_TIME],
     )
-    level: float = Field(
-        0.9, ge=0.5, le=0.99, description="Coverage of the returned interval.", examples=[0.9]
-    )
+    level: float = Field(0.9, ge=0.5, le=0.99, description="Coverage of the returned interval.", examples=[0.9])
 
 
 class PredictDurationResponse(BaseModel):
@@ -92,9 +90,7 @@ class AssignRoomResponse(BaseModel):
     estimated_wait: float = Field(
         description="Estimated minutes until a room is theirs; 0 when assigned.", examples=[0.0]
     )
-    position: int | None = Field(
-        description="1-based place in line while waiting, else null.", examples=[None]
-    )
+    position: int | None = Field(description="1-based place in line while waiting, else null.", examples=[None])
     unknown_item_ids: list[str] = Field(description="Items not in the item database.", examples=[[]])
 
 
@@ -160,9 +156,7 @@ class DetectAnomalyResponse(Anomaly):
     actual_duration: float = Field(description="Minutes the session lasted.", examples=[14.2])
     predicted_duration: float = Field(description="Predicted minutes for this session.", examples=[12.6])
     room_released: bool = Field(description="True when the room was freed by this call.", examples=[True])
-    next_assignment: SessionRef | None = Field(
-        description="The waiting customer who got the freed room, if any."
-    )
+    next_assignment: SessionRef | None = Field(description="The waiting customer who got the freed room, if any.")
     alert_id: int | None = Field(description="Alert opened for staff, if flagged.", examples=[None])
 
 
@@ -252,9 +246,7 @@ class AlertResponse(BaseModel):
     reasons: list[AnomalyReason] = Field(description="Why it was raised.")
     missing_items: list[str] = Field(description="Scanned in, not out.", examples=[["sku-0015"]])
     unexpected_items: list[str] = Field(description="Scanned out, never in.", examples=[[]])
-    status: Literal["open", "resolved"] = Field(
-        description="open until staff record an outcome.", examples=["open"]
-    )
+    status: Literal["open", "resolved"] = Field(description="open until staff record an outcome.", examples=["open"])
     outcome: str | None = Field(description="Staff outcome once resolved.", examples=[None])
     note: str | None = Field(description="Staff note.", examples=[None])
     resolved_at: Timestamp | None = Field(description="When it was resolved.", examples=[None])
@@ -273,9 +265,46 @@ class WelcomeResponse(BaseModel):
     version: str = Field(description="Service version.", examples=["0.1.0"])
     docs: str = Field(description="Interactive API documentation.", examples=["/docs"])
     openapi: str = Field(description="OpenAPI document.", examples=["/openapi.json"])
+    authentication: Literal["on", "off"] = Field(
+        description="off when no API keys file is configured: every endpoint is open.", examples=["on"]
+    )
 
 
 class ErrorResponse(BaseModel):
     """Why a request was refused; nothing was changed."""
 
     detail: str = Field(description="What is wrong.", examples=["unknown room 'room_99'"])
+
+
+class HealthResponse(BaseModel):
+    """Liveness."""
+
+    status: Literal["ok"] = Field(description="The process answers.", examples=["ok"])
+
+
+class ReadinessResponse(BaseModel):
+    """Readiness for traffic."""
+
+    status: Literal["ready", "not ready"] = Field(description="Overall readiness.", examples=["ready"])
+    problems: list[str] = Field(
+        description="What is not ready, with the reason.", examples=[["models: manifest missing"]]
+    )
+
+
+class LoadedModel(BaseModel):
+    """One verified model artifact."""
+
+    name: str = Field(description="Artifact file name.", examples=["duration_model.pkl"])
+    version: str = Field(description="SHA-256 of the artifact (its version).", examples=["3b1f…"])
+
+
+class LoadedModelsResponse(BaseModel):
+    """What the server has loaded."""
+
+    loaded: bool = Field(description="True when verified models are in use.", examples=[True])
+    error: str | None = Field(description="Why no models are loaded.", examples=[None])
+    models: list[LoadedModel] = Field(description="Loaded artifacts.")
+    trained_at: str | None = Field(description="When train.py produced them.", examples=[EXAMPLE_TIME])
+    sklearn_version: str | None = Field(description="scikit-learn version they were built with.", examples=["1.9.1"])
+    data: dict[str, Any] = Field(description="Training-data summary (sessions, date range, labels).")
+    metrics: dict[str, Any] = Field(description="Headline held-out metrics.")

@@ -34,6 +34,10 @@ class Settings(BaseSettings):
     )
     timezone: str = Field("UTC", description="IANA time zone of the store, for time-of-day features.")
     policy: Policy = Field(Policy.FIFO, description="Waitlist policy: fifo or express.")
+    api_keys_file: Path | None = Field(
+        None,
+        description='JSON {"<key>": "kiosk" | "staff" | "admin"}; unset means the service runs open.',
+    )
     max_passes: int = Field(
         3, ge=0, description="How often a waiting customer may be overtaken before rooms are held."
     )

@@ -11,6 +11,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -150,6 +151,16 @@ events_table = Table(
     Column("payload", JSON, nullable=False),
 )
 
+idempotency_table = Table(
+    "idempotency_keys",
+    metadata,
+    Column("store_id", String(64), primary_key=True),
+    Column("key", String(200), primary_key=True),
+    Column("fingerprint", String(64), nullable=False),
+    Column("response", JSON, nullable=False),
+    Column("created_at", UTCDateTime, nullable=False, index=True),
+)
+
 DEFAULT_STORE = "default"
 
 
@@ -225,6 +236,7 @@ class Store:
         self.store_id = store_id
         # Writers in this process queue here instead of spinning on the database lock.
         self._write_lock = threading.Lock()
+        self._current: ContextVar[Transaction | None] = ContextVar(f"store-tx-{id(self)}", default=None)
 
     def create_schema(self) -> None:
         """Create missing tables and this store's state row."""
@@ -238,17 +250,33 @@ class Store:
 
     @contextmanager
     def write(self) -> Iterator[Transaction]:
-        """A transaction that holds the store's write lock and commits when the block ends cleanly."""
+        """A transaction that holds the store's write lock and commits when the block ends cleanly.
+
+        Inside an open write transaction of the same context, it joins that one: a caller can wrap several
+        operations (e.g. a change and its idempotency record) into one commit.
+        """
+        current = self._current.get()
+        if current is not None and current.writable:
+            yield current
+            return
         with self._write_lock, self.engine.connect() as conn:
             conn = conn.execution_options(immediate=True)
             with conn.begin():
-                tx = Transaction(conn, self.store_id)
+                tx = Transaction(conn, self.store_id, writable=True)
                 tx.lock_store()
-                yield tx
+                token = self._current.set(tx)
+                try:
+                    yield tx
+                finally:
+                    self._current.reset(token)
 
     @contextmanager
     def read(self) -> Iterator[Transaction]:
-        """A read-only transaction over one consistent snapshot."""
+        """A read-only transaction over one consistent snapshot (or the open transaction of this context)."""
+        current = self._current.get()
+        if current is not None:
+            yield current
+            return
         with self.engine.connect() as conn, conn.begin():
             yield Transaction(conn, self.store_id)
 
@@ -261,9 +289,10 @@ class Store:
 class Transaction:
     """Reads and writes of one transaction, in the engine's types."""
 
-    def __init__(self, conn: Connection, store_id: str) -> None:
+    def __init__(self, conn: Connection, store_id: str, writable: bool = False) -> None:
         self.conn = conn
         self.store_id = store_id
+        self.writable = writable
 
     def ensure_store_row(self) -> None:
         """Insert this store's state row if it is missing."""
@@ -391,6 +420,27 @@ class Transaction:
             select(sessions_table.c.session_id).where(sessions_table.c.session_id.in_(wanted))
         )
         return {r[0] for r in rows}
+
+    def get_idempotency(self, key: str) -> tuple[str, dict[str, Any]] | None:
+        """Fingerprint and stored response of an idempotency key, if it was used."""
+        row = self.conn.execute(
+            select(idempotency_table.c.fingerprint, idempotency_table.c.response).where(
+                idempotency_table.c.store_id == self.store_id, idempotency_table.c.key == key
+            )
+        ).first()
+        return None if row is None else (row[0], dict(row[1]))
+
+    def put_idempotency(self, key: str, fingerprint: str, response: dict[str, Any], now: datetime) -> None:
+        """Remember the response given under an idempotency key."""
+        self.conn.execute(
+            insert(idempotency_table).values(
+                store_id=self.store_id, key=key, fingerprint=fingerprint, response=response, created_at=now
+            )
+        )
+
+    def purge_idempotency(self, before: datetime) -> None:
+        """Forget idempotency keys used before `before`."""
+        self.conn.execute(idempotency_table.delete().where(idempotency_table.c.created_at < before))
 
     def get_session(self, session_id: str) -> tuple[Session, Completion | None]:
         """Any session, active or finished, with its exit record; NotFoundError if unknown."""

@@ -34,7 +34,7 @@ def assign(client: TestClient, items: list[str] = ITEMS, **extra: Any) -> dict[s
 
 def fill_rooms(client: TestClient) -> list[dict[str, Any]]:
     """Assign until the first customer is waitlisted; returns every assignment body."""
-    bodies = []
+    bodies: list[dict[str, Any]] = []
     while not bodies or bodies[-1]["status"] == "assigned":
         bodies.append(assign(client))
     return bodies

@@ -18,7 +18,7 @@ class FloorMachine(RuleBasedStateMachine):
     """Random arrivals, exits and cancellations against one floor."""
 
     floor: Floor
-    rules: Rules
+    policy_rules: Rules
 
     def __init__(self) -> None:
         super().__init__()
@@ -31,7 +31,7 @@ class FloorMachine(RuleBasedStateMachine):
         sizes=st.lists(st.tuples(st.integers(1, 10), st.booleans()), min_size=1, max_size=5),
     )
     def setup(self, policy: Policy, max_passes: int, sizes: list[tuple[int, bool]]) -> None:
-        self.rules = Rules(policy=policy, max_passes=max_passes)
+        self.policy_rules = Rules(policy=policy, max_passes=max_passes)
         self.floor = make_floor(*((f"r{i}", n, acc) for i, (n, acc) in enumerate(sizes)))
 
     def _tick(self, minutes: float) -> float:
@@ -53,7 +53,7 @@ class FloorMachine(RuleBasedStateMachine):
         occupied = sorted(r.room_id for r in self.floor.rooms.values() if not r.is_free)
         room_id = data.draw(st.sampled_from(occupied))
         session_id = self.floor.rooms[room_id].session_id or ""
-        engine.release(self.floor, session_id, room_id, at(self._tick(gap)), self.rules)
+        engine.release(self.floor, session_id, room_id, at(self._tick(gap)), self.policy_rules)
         assert session_id not in self.floor.active
 
     @precondition(lambda self: bool(self.floor.waitlist()))
@@ -95,11 +95,11 @@ class FloorMachine(RuleBasedStateMachine):
 
     @invariant()
     def overtaking_is_bounded(self) -> None:
-        assert all(s.passed_over <= self.rules.max_passes for s in self.floor.waitlist())
+        assert all(s.passed_over <= self.policy_rules.max_passes for s in self.floor.waitlist())
 
     @invariant()
     def waits_are_positive(self) -> None:
-        waits = project(self.floor, at(self.clock), self.rules).waits
+        waits = project(self.floor, at(self.clock), self.policy_rules).waits
         assert set(waits) == set(self.floor.positions())
         assert all(w > 0 for w in waits.values())
 

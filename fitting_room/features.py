@@ -1,0 +1,175 @@
+"""The one feature builder for the duration model, shared by training (frame) and the API (row).
+
+A session's features describe the items taken into the room (counts and share per category,
+price statistics, item count) and the entry time in the store's time zone (hour of day and
+weekday, with cyclic encodings). `row` is the per-request path (plain Python + numpy, dict
+lookups); `frame` is its vectorised twin for training and must produce identical numbers.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from datetime import datetime
+from itertools import chain
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import numpy as np
+import pandas as pd
+
+from fitting_room.catalog import Catalog, Item
+
+# Bump when the meaning or order of features changes: saved models built for another schema are refused.
+FEATURE_SCHEMA_VERSION = 1
+ITEMS_COLUMN = "entry_scans"  # what the API knows when a session starts: the items scanned in
+
+
+def _read_only(values: np.ndarray) -> np.ndarray:
+    """The array, made immutable so module constants cannot drift."""
+    values.flags.writeable = False
+    return values
+
+
+# Cyclic encodings come from lookup tables so row() and frame() return bit-identical values
+# (vectorised and scalar sin/cos may differ in the last bit).
+_MINUTES_PER_DAY = 24 * 60
+_DAY_ANGLE = 2.0 * np.pi * np.arange(_MINUTES_PER_DAY) / _MINUTES_PER_DAY
+_DAY_SIN = _read_only(np.sin(_DAY_ANGLE))
+_DAY_COS = _read_only(np.cos(_DAY_ANGLE))
+_WEEK_ANGLE = 2.0 * np.pi * np.arange(7) / 7
+_WEEK_SIN = _read_only(np.sin(_WEEK_ANGLE))
+_WEEK_COS = _read_only(np.cos(_WEEK_ANGLE))
+_HEAD = ("n_items", "n_categories")
+_PRICE = ("price_sum", "price_mean", "price_max", "price_min")
+_TIME = ("hour", "hour_sin", "hour_cos", "weekday", "weekday_sin", "weekday_cos", "is_weekend")
+
+
+class FeatureBuilder:
+    """Fitted feature schema (categories, store time zone, feature names); picklable."""
+
+    def __init__(self, categories: Sequence[str], timezone: str = "UTC") -> None:
+        """Schema for these categories (order kept) with time-of-day read in `timezone` (IANA name)."""
+        if len(set(categories)) != len(categories):
+            raise ValueError("categories must be unique")
+        self.categories: tuple[str, ...] = tuple(categories)
+        self.timezone = timezone
+        self._zone = ZoneInfo(timezone)
+        self._category_index = {c: i for i, c in enumerate(self.categories)}
+        n_cat = len(self.categories)
+        self._count_at = len(_HEAD)
+        self._share_at = self._count_at + n_cat
+        self._price_at = self._share_at + n_cat
+        self._time_at = self._price_at + len(_PRICE)
+        self.feature_names: tuple[str, ...] = (
+            *_HEAD,
+            *(f"count[{c}]" for c in self.categories),
+            *(f"share[{c}]" for c in self.categories),
+            *_PRICE,
+            *_TIME,
+        )
+
+    @property
+    def n_features(self) -> int:
+        """Length of a feature row."""
+        return len(self.feature_names)
+
+    @property
+    def schema(self) -> dict[str, Any]:
+        """Everything a saved model must agree on to reuse this builder."""
+        return {
+            "version": FEATURE_SCHEMA_VERSION,
+            "timezone": self.timezone,
+            "categories": list(self.categories),
+            "feature_names": list(self.feature_names),
+        }
+
+    def row(
+        self, item_ids: Sequence[str], entry_time: datetime, catalog: Catalog
+    ) -> tuple[np.ndarray, list[str]]:
+        """Features of one session (1-D float64) and the ids missing from the catalogue, as given."""
+        x = np.zeros(self.n_features)
+        unknown: list[str] = []
+        total, highest, lowest = 0.0, -math.inf, math.inf
+        for raw in item_ids:
+            item = catalog.lookup(raw)
+            if item is None:
+                unknown.append(raw)
+                item = catalog.typical_item
+            index = self._category_index.get(item.category)
+            if index is not None:
+                x[self._count_at + index] += 1.0
+            total += item.price
+            highest = max(highest, item.price)
+            lowest = min(lowest, item.price)
+        n = len(item_ids)
+        counts = x[self._count_at : self._share_at]
+        x[0] = n
+        x[1] = np.count_nonzero(counts)
+        if n:
+            x[self._share_at : self._price_at] = counts / n
+            x[self._price_at : self._time_at] = (total, total / n, highest, lowest)
+        local = entry_time.astimezone(self._zone) if entry_time.tzinfo else entry_time
+        self._fill_time(x[None, :], np.array([local.hour * 60 + local.minute]), np.array([local.weekday()]))
+        return x, unknown
+
+    def frame(self, sessions: pd.DataFrame, catalog: Catalog) -> np.ndarray:
+        """Features of many sessions (n x n_features), identical to row() on each; uses entry_scans."""
+        lists = sessions[ITEMS_COLUMN].tolist()
+        n = len(lists)
+        lengths = np.fromiter(map(len, lists), dtype=np.int64, count=n)
+        owner = np.repeat(np.arange(n), lengths)
+        category, price = self._item_arrays(list(chain.from_iterable(lists)), catalog)
+        x = np.zeros((n, self.n_features))
+        known = category >= 0
+        np.add.at(x, (owner[known], self._count_at + category[known]), 1.0)
+        counts = x[:, self._count_at : self._share_at]
+        x[:, 0] = lengths
+        x[:, 1] = np.count_nonzero(counts, axis=1)
+        # bincount adds in input order from 0.0, exactly like the running sum in row().
+        total = np.bincount(owner, weights=price, minlength=n)
+        highest = np.full(n, -np.inf)
+        lowest = np.full(n, np.inf)
+        np.maximum.at(highest, owner, price)
+        np.minimum.at(lowest, owner, price)
+        filled = lengths > 0
+        x[filled, self._share_at : self._price_at] = counts[filled] / lengths[filled, None]
+        x[filled, self._price_at : self._time_at] = np.column_stack(
+            (total, total / np.maximum(lengths, 1), highest, lowest)
+        )[filled]
+        local = sessions["entry_time"].dt.tz_convert(self._zone)
+        minute = (local.dt.hour * 60 + local.dt.minute).to_numpy(dtype=np.int64)
+        self._fill_time(x, minute, local.dt.day_of_week.to_numpy(dtype=np.int64))
+        return x
+
+    def _item_arrays(self, flat_ids: list[str], catalog: Catalog) -> tuple[np.ndarray, np.ndarray]:
+        """Category index (-1 outside the schema) and price per scanned id; unknown ids -> typical item."""
+        resolved: dict[str, Item] = {}
+        for raw in set(flat_ids):
+            item = catalog.lookup(raw)
+            resolved[raw] = item if item is not None else catalog.typical_item
+        index = self._category_index
+        category = np.fromiter(
+            (index.get(resolved[r].category, -1) for r in flat_ids), dtype=np.int64, count=len(flat_ids)
+        )
+        price = np.fromiter((resolved[r].price for r in flat_ids), dtype=float, count=len(flat_ids))
+        return category, price
+
+    def _fill_time(self, x: np.ndarray, minute_of_day: np.ndarray, weekday: np.ndarray) -> None:
+        """Write the time-of-day block of every row in place."""
+        at = self._time_at
+        x[:, at] = minute_of_day / 60.0
+        x[:, at + 1] = _DAY_SIN[minute_of_day]
+        x[:, at + 2] = _DAY_COS[minute_of_day]
+        x[:, at + 3] = weekday
+        x[:, at + 4] = _WEEK_SIN[weekday]
+        x[:, at + 5] = _WEEK_COS[weekday]
+        x[:, at + 6] = weekday >= 5
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickle the schema only; the zone object is rebuilt from its name."""
+        return {"categories": self.categories, "timezone": self.timezone}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """Rebuild from the pickled schema."""
+        self.__init__(state["categories"], state["timezone"])  # type: ignore[misc]

@@ -1,0 +1,770 @@
+"""Duration prediction and anomaly detection for fitting-room sessions.
+
+DurationPredictor predicts the conditional median duration and a full predictive distribution:
+a gradient-boosted median model m(x) on log minutes, a scale model s(x) of the absolute log
+residual, and the empirical distribution of normalised residuals r = (log y - m(x)) / s(x).
+Residuals and scales are out-of-fold (K-fold cross-fitting), so every training session
+calibrates the intervals without being judged by a model that saw it. The quantile at p is
+m(x) * exp(s(x) * Q_r(p)) with the conformal (n + 1) rank correction.
+
+Labelled anomalies (is_anomaly true) are left out of the median and scale fits when labels
+exist, but stay in the calibration residuals: the API sees anomalous sessions too, so the
+interval coverage is calibrated on all sessions.
+
+AnomalyDetector combines hard evidence (evidence.py) with learned behaviour: an IsolationForest
+fitted on sessions without hard evidence, and, when the history has labels, a gradient-boosted
+classifier over the evidence, duration and IsolationForest features.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from statistics import NormalDist
+from typing import Any, TypeVar
+
+import joblib
+import numpy as np
+import pandas as pd
+import sklearn
+from scipy.special import ndtr
+from sklearn.ensemble import (
+    HistGradientBoostingClassifier,
+    HistGradientBoostingRegressor,
+    IsolationForest,
+    RandomForestRegressor,
+)
+from sklearn.metrics import average_precision_score, precision_recall_curve
+from sklearn.model_selection import KFold, StratifiedKFold
+
+from fitting_room.catalog import Catalog
+from fitting_room.errors import InvalidRequestError, ModelLoadError
+from fitting_room.evidence import Evidence, Reason, collect_evidence, evidence_reasons
+from fitting_room.features import ITEMS_COLUMN, FeatureBuilder
+
+__all__ = [
+    "QUANTILE_LEVELS",
+    "AnomalyDetector",
+    "AnomalyResult",
+    "DurationEstimate",
+    "DurationPredictor",
+    "Reason",
+]
+
+# Probabilities of DurationEstimate.quantiles: 0.01, 0.02, ..., 0.99.
+QUANTILE_LEVELS: tuple[float, ...] = tuple(round(i / 100, 2) for i in range(1, 100))
+_Z_LEVELS = np.array([NormalDist().inv_cdf(p) for p in QUANTILE_LEVELS])
+_Z_LEVELS.flags.writeable = False
+MIN_DURATION = 0.1  # minutes; shorter (or zero) durations are floored before taking logs
+MIN_LEVEL, MAX_LEVEL = 0.5, 0.99
+_Z_CLIP = 8.0  # normal scores beyond +-8 carry no extra meaning and would overflow p-values
+_FORMAT = "fitting-room-model"
+_FORMAT_VERSION = 1
+
+M = TypeVar("M", bound="_Persistent")
+
+
+@dataclass(frozen=True)
+class DurationEstimate:
+    """Predicted session duration in minutes.
+
+    `median` is the point prediction (conditional median: half of comparable sessions take
+    longer); [`low`, `high`] is the central interval holding a fraction `level` of sessions;
+    `quantiles[i]` is the duration not exceeded with probability QUANTILE_LEVELS[i].
+    """
+
+    median: float
+    low: float
+    high: float
+    level: float
+    quantiles: tuple[float, ...]
+    unknown_item_ids: list[str]
+
+
+@dataclass(frozen=True)
+class AnomalyResult:
+    """Verdict on a finished session; `anomaly_score` is 0-1, higher is more suspicious."""
+
+    is_anomaly: bool
+    anomaly_score: float
+    risk_level: str  # "low" | "medium" | "high"
+    reasons: list[Reason]
+    missing_items: list[str]
+    unexpected_items: list[str]
+
+
+class _Persistent:
+    """joblib save/load with a checked envelope (class, library versions, feature schema)."""
+
+    def _schema(self) -> dict[str, Any]:
+        """What a saved copy must agree on with the current code to be usable."""
+        raise NotImplementedError
+
+    def _expected_schema(self) -> dict[str, Any]:
+        """The schema the current code builds for this fitted model's settings."""
+        raise NotImplementedError
+
+    def save(self, path: Path) -> None:
+        """Write the fitted model to `path` (joblib) with the metadata `load` checks."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        envelope = {
+            "format": _FORMAT,
+            "format_version": _FORMAT_VERSION,
+            "class": type(self).__name__,
+            "sklearn_version": sklearn.__version__,
+            "numpy_version": np.__version__,
+            "schema": self._schema(),
+            "model": self,
+        }
+        joblib.dump(envelope, path)
+
+    @classmethod
+    def load(cls: type[M], path: Path) -> M:
+        """Read a model saved by `save`; ModelLoadError if missing, foreign, or built for other code."""
+        path = Path(path)
+        if not path.is_file():
+            raise ModelLoadError(f"model file {path} not found (run: python train.py)")
+        try:
+            with warnings.catch_warnings():
+                # A version mismatch is reported below with a clearer message.
+                warnings.simplefilter("ignore")
+                envelope = joblib.load(path)
+        except Exception as err:
+            raise ModelLoadError(f"model file {path} cannot be read: {err}") from err
+        if not isinstance(envelope, dict) or envelope.get("format") != _FORMAT:
+            raise ModelLoadError(f"model file {path} is not a fitting-room model file")
+        if envelope.get("class") != cls.__name__ or not isinstance(envelope.get("model"), cls):
+            raise ModelLoadError(f"model file {path} holds a {envelope.get('class')}, expected a {cls.__name__}")
+        if envelope.get("sklearn_version") != sklearn.__version__:
+            raise ModelLoadError(
+                f"model file {path} was built with scikit-learn {envelope.get('sklearn_version')}, "
+                f"this service runs {sklearn.__version__}: retrain with python train.py"
+            )
+        model: M = envelope["model"]
+        if envelope.get("schema") != model._expected_schema():
+            raise ModelLoadError(
+                f"model file {path} was built for another feature schema: retrain with python train.py"
+            )
+        return model
+
+
+class DurationPredictor(_Persistent):
+    """Conditional median and predictive distribution of session duration (minutes)."""
+
+    def __init__(
+        self,
+        *,
+        timezone: str = "UTC",
+        random_state: int = 0,
+        max_iter: int = 1000,
+        learning_rate: float = 0.1,
+        max_leaf_nodes: int = 15,
+        min_samples_leaf: int = 20,
+        scale_max_iter: int = 100,
+        cv_folds: int = 5,
+        exclude_labelled_anomalies: bool = True,
+    ) -> None:
+        """Store hyperparameters; `max_iter` caps boosting rounds (early stopping picks fewer)."""
+        self.timezone = timezone
+        self.random_state = random_state
+        self.max_iter = max_iter
+        self.learning_rate = learning_rate
+        self.max_leaf_nodes = max_leaf_nodes
+        self.min_samples_leaf = min_samples_leaf
+        self.scale_max_iter = scale_max_iter
+        self.cv_folds = cv_folds
+        self.exclude_labelled_anomalies = exclude_labelled_anomalies
+
+    def fit(self, sessions: pd.DataFrame, catalog: Catalog) -> DurationPredictor:
+        """Learn from history.load_sessions() output; needs at least 2 * cv_folds sessions."""
+        if len(sessions) < 2 * self.cv_folds:
+            raise ValueError(f"need at least {2 * self.cv_folds} sessions to fit, got {len(sessions)}")
+        self.builder_ = FeatureBuilder(catalog.categories, self.timezone)
+        x = self.builder_.frame(sessions, catalog)
+        log_y = np.log(np.maximum(sessions["duration"].to_numpy(dtype=float), MIN_DURATION))
+        train = ~_labelled_anomalies(sessions) if self.exclude_labelled_anomalies else np.ones(len(x), bool)
+        self.median_model_ = self._median_model(self.max_iter, early_stopping=True).fit(x[train], log_y[train])
+        self.n_iter_ = int(self.median_model_.n_iter_)
+        folds = list(KFold(self.cv_folds, shuffle=True, random_state=self.random_state).split(x))
+        oof_median = self._cross_fit(x, log_y, train, folds, lambda: self._median_model(self.n_iter_))
+        abs_residual = np.abs(log_y - oof_median)
+        self.scale_floor_ = max(0.2 * float(np.median(abs_residual[train])), 1e-3)
+        self.scale_model_ = self._scale_model().fit(x[train], abs_residual[train])
+        oof_scale = np.maximum(
+            self._cross_fit(x, abs_residual, train, folds, self._scale_model), self.scale_floor_
+        )
+        self.residuals_ = np.sort((log_y - oof_median) / oof_scale)
+        self.quantile_grid_ = np.array([self._residual_quantile(p) for p in QUANTILE_LEVELS])
+        ids = sessions["session_id"].astype(str).tolist()
+        self.out_of_fold_ = dict(zip(ids, zip(oof_median.tolist(), oof_scale.tolist())))
+        self.n_sessions_ = len(x)
+        self.n_train_sessions_ = int(train.sum())
+        return self
+
+    def estimate(
+        self, item_ids: Sequence[str], entry_time: datetime, catalog: Catalog, level: float = 0.9
+    ) -> DurationEstimate:
+        """Predicted duration for a session starting now with these items; `level` in 0.5-0.99."""
+        if not MIN_LEVEL <= level <= MAX_LEVEL:
+            raise InvalidRequestError(f"interval level must be between {MIN_LEVEL} and {MAX_LEVEL}, got {level}")
+        x, unknown = self.builder_.row(item_ids, entry_time, catalog)
+        center = float(self.median_model_.predict(x[None, :])[0])
+        scale = max(float(self.scale_model_.predict(x[None, :])[0]), self.scale_floor_)
+        median = math.exp(center)
+        low = math.exp(center + scale * self._residual_quantile((1.0 - level) / 2.0))
+        high = math.exp(center + scale * self._residual_quantile((1.0 + level) / 2.0))
+        grid = np.exp(center + scale * self.quantile_grid_)
+        return DurationEstimate(
+            median=median,
+            low=min(low, median),
+            high=max(high, median),
+            level=float(level),
+            quantiles=tuple(float(q) for q in grid),
+            unknown_item_ids=unknown,
+        )
+
+    def quantile_of(self, duration: float, estimate: DurationEstimate) -> float:
+        """P(D <= duration) under the estimate's distribution, in [0, 1]; near 1 means an overstay."""
+        return float(ndtr(self.z_of(duration, estimate)))
+
+    def z_of(self, duration: float, estimate: DurationEstimate) -> float:
+        """Normal score of quantile_of (0 = median, 2.33 = 99th percentile), clipped to +-8."""
+        log_grid = np.log(np.asarray(estimate.quantiles, dtype=float))
+        return float(_z_from_grid(np.array([math.log(max(duration, MIN_DURATION))]), log_grid[None, :])[0])
+
+    def history_log_grids(self, sessions: pd.DataFrame, catalog: Catalog) -> tuple[np.ndarray, np.ndarray]:
+        """(log minutes, n x 99 log quantile grids) per session; out-of-fold for sessions fitted on."""
+        center = np.empty(len(sessions))
+        scale = np.empty(len(sessions))
+        unseen = []
+        for i, session_id in enumerate(sessions["session_id"].astype(str)):
+            stored = self.out_of_fold_.get(session_id)
+            if stored is None:
+                unseen.append(i)
+            else:
+                center[i], scale[i] = stored
+        if unseen:
+            x = self.builder_.frame(sessions.iloc[unseen], catalog)
+            center[unseen] = self.median_model_.predict(x)
+            scale[unseen] = np.maximum(self.scale_model_.predict(x), self.scale_floor_)
+        log_y = np.log(np.maximum(sessions["duration"].to_numpy(dtype=float), MIN_DURATION))
+        return log_y, center[:, None] + scale[:, None] * self.quantile_grid_[None, :]
+
+    def history_z(self, sessions: pd.DataFrame, catalog: Catalog) -> np.ndarray:
+        """z_of each session's observed duration; out-of-fold for sessions this model was fitted on."""
+        return _z_from_grid(*self.history_log_grids(sessions, catalog))
+
+    def _residual_quantile(self, p: float) -> float:
+        """Conformal quantile of the normalised residuals: rank ceil((n+1)p) above the median, floor below."""
+        n = len(self.residuals_)
+        rank = math.ceil((n + 1) * p) if p >= 0.5 else math.floor((n + 1) * p)
+        return float(self.residuals_[min(max(rank, 1), n) - 1])
+
+    def _median_model(self, max_iter: int, early_stopping: bool = False) -> HistGradientBoostingRegressor:
+        """Absolute-error boosting on log minutes: its prediction is the conditional median."""
+        return HistGradientBoostingRegressor(
+            loss="absolute_error",
+            learning_rate=self.learning_rate,
+            max_iter=max_iter,
+            max_leaf_nodes=self.max_leaf_nodes,
+            min_samples_leaf=self.min_samples_leaf,
+            early_stopping=early_stopping,
+            validation_fraction=0.1,
+            n_iter_no_change=30,
+            random_state=self.random_state,
+        )
+
+    def _scale_model(self) -> HistGradientBoostingRegressor:
+        """Heavily regularised model of the mean absolute log residual (the local spread)."""
+        return HistGradientBoostingRegressor(
+            loss="squared_error",
+            learning_rate=0.05,
+            max_iter=self.scale_max_iter,
+            max_leaf_nodes=7,
+            min_samples_leaf=100,
+            l2_regularization=1.0,
+            early_stopping=False,
+            random_state=self.random_state,
+        )
+
+    @staticmethod
+    def _cross_fit(
+        x: np.ndarray,
+        target: np.ndarray,
+        train: np.ndarray,
+        folds: list[tuple[np.ndarray, np.ndarray]],
+        make: Any,
+    ) -> np.ndarray:
+        """Out-of-fold predictions for every row; each fold's model sees only `train` rows outside it."""
+        out = np.empty(len(x))
+        for fit_rows, held_out in folds:
+            fit_rows = fit_rows[train[fit_rows]]
+            out[held_out] = make().fit(x[fit_rows], target[fit_rows]).predict(x[held_out])
+        return out
+
+    def _schema(self) -> dict[str, Any]:
+        return self.builder_.schema
+
+    def _expected_schema(self) -> dict[str, Any]:
+        return FeatureBuilder(self.builder_.categories, self.builder_.timezone).schema
+
+
+# Features of a finished session; larger is more suspicious for all but n_items.
+DETECTOR_FEATURES: tuple[str, ...] = (
+    "duration_z",  # normal score of the duration's quantile under the predicted distribution
+    "duration_z_robust",  # (log minutes - log median) / scale of the central 50% of that distribution
+    "n_missing",
+    "n_unexpected",
+    "n_swaps",
+    "missing_value",  # store currency
+    "missing_share",  # missing value / value taken in
+    "swap_value",  # price lost to probable tag swaps
+    "n_items",
+    "missing_rank",  # share of the other items cheaper than the dearest missing one (1 = dearest taken)
+)
+_Z, _Z_ROBUST, _N_MISSING, _N_UNEXPECTED, _N_SWAPS = 0, 1, 2, 3, 4
+_N_ITEMS, _MISSING_RANK = 8, 9
+_BEHAVIOUR = (_Z_ROBUST, _N_ITEMS)  # what the IsolationForest sees
+_IQR_Z = 2.0 * NormalDist().inv_cdf(0.75)  # width of the central 50% of a standard normal
+RISK_LEVELS = ("low", "medium", "high")
+
+
+class AnomalyDetector(_Persistent):
+    """Scores finished sessions 0-1 (higher = more suspicious) and explains why.
+
+    Without labels, suspicion is a sum of surprisals (-log10 p-values, larger is worse) of four
+    tests, each asking how unusual the session is for this store: the evidence pattern (share
+    of historical sessions with the same numbers of missing / unexpected items / swaps), the
+    price rank of the dearest missing item (thieves take expensive items, misreads hit any
+    item), the overstay (duration against the central part of the predicted distribution) and
+    the IsolationForest fitted on sessions without hard evidence; a probable tag swap adds
+    `swap_weight`. `anomaly_score` is the share of historical sessions that were less
+    suspicious, and a session is flagged when Fisher's combination of the four p-values is
+    <= `flag_p`.
+    With labels, a gradient-boosted classifier on the features and the surprisals gives
+    `anomaly_score` as a probability; the flag threshold is the one with the best out-of-fold
+    precision among those keeping recall >= `target_recall`.
+    Risk: "high" when flagged, "medium" from the medium band, else "low".
+    """
+
+    def __init__(
+        self,
+        *,
+        random_state: int = 0,
+        n_estimators: int = 100,
+        swap_weight: float = 2.0,
+        flag_p: float = 0.001,
+        medium_p: float = 0.01,
+        target_recall: float = 0.85,
+        medium_recall: float = 0.95,
+        min_labels: int = 20,
+        cv_folds: int = 5,
+        use_labels: bool = True,
+        currency: str = "€",
+    ) -> None:
+        """Store settings; `min_labels` positives and negatives are needed to train on labels."""
+        self.random_state = random_state
+        self.n_estimators = n_estimators
+        self.swap_weight = swap_weight
+        self.flag_p = flag_p
+        self.medium_p = medium_p
+        self.target_recall = target_recall
+        self.medium_recall = medium_recall
+        self.min_labels = min_labels
+        self.cv_folds = cv_folds
+        self.use_labels = use_labels
+        self.currency = currency
+
+    def fit(
+        self, sessions: pd.DataFrame, catalog: Catalog, predictor: DurationPredictor
+    ) -> AnomalyDetector:
+        """Learn normal behaviour (and labels when present) from history.load_sessions() output."""
+        features = self.session_features(sessions, catalog, predictor)
+        self.pattern_share_ = _pattern_shares(features)
+        labelled_anomaly = _labelled_anomalies(sessions)
+        clean = ~features[:, _N_MISSING : _N_SWAPS + 1].any(axis=1) & ~labelled_anomaly
+        if clean.sum() < 10:
+            raise ValueError("need at least 10 sessions without hard evidence to learn normal behaviour")
+        self.isolation_ = IsolationForest(n_estimators=self.n_estimators, random_state=self.random_state)
+        self.isolation_.fit(features[clean][:, _BEHAVIOUR])
+        self.isolation_reference_ = np.sort(self._isolation_raw(features[clean]))
+        surprisal = self._surprisals(features)
+        self.suspicion_reference_ = _reference_grid(surprisal.sum(axis=1))
+        labels = sessions["is_anomaly"] if "is_anomaly" in sessions else pd.Series(pd.NA, index=sessions.index)
+        known = labels.notna().to_numpy()
+        y = labels[known].astype(bool).to_numpy()
+        self.supervised_ = bool(self.use_labels and y.sum() >= self.min_labels and (~y).sum() >= self.min_labels)
+        self.classifier_: HistGradientBoostingClassifier | None = None
+        if self.supervised_:
+            self._fit_classifier(features[known], y)
+        else:
+            self.threshold_ = self._score_from_suspicion(np.array([_fisher_inverse(self.flag_p)]))[0]
+            self.medium_threshold_ = self._score_from_suspicion(np.array([_fisher_inverse(self.medium_p)]))[0]
+        return self
+
+    def analyse(
+        self,
+        *,
+        entry_scans: Sequence[str],
+        exit_scans: Sequence[str],
+        duration: float,
+        estimate: DurationEstimate,
+        catalog: Catalog,
+        predictor: DurationPredictor,
+    ) -> AnomalyResult:
+        """Verdict, score and reasons for a finished session of `duration` minutes."""
+        evidence = collect_evidence(entry_scans, exit_scans, catalog)
+        log_y = np.array([math.log(max(duration, MIN_DURATION))])
+        log_grid = np.log(np.asarray(estimate.quantiles, dtype=float))[None, :]
+        features = _feature_rows(log_y, log_grid, [evidence])
+        score = float(self.score(features)[0])
+        is_anomaly = bool(score >= self.threshold_)
+        reasons = evidence_reasons(evidence, self.currency)
+        reasons += self._behaviour_reasons(features[0], duration, estimate, is_anomaly and not reasons)
+        return AnomalyResult(
+            is_anomaly=is_anomaly,
+            anomaly_score=score,
+            risk_level=self.risk_level(score),
+            reasons=reasons,
+            missing_items=[m.item_id for m in evidence.missing],
+            unexpected_items=[u.item_id for u in evidence.unexpected],
+        )
+
+    def score(self, features: np.ndarray) -> np.ndarray:
+        """anomaly_score (0-1, higher = more suspicious) for rows of DETECTOR_FEATURES."""
+        surprisal = self._surprisals(features)
+        if self.classifier_ is None:
+            return self._score_from_suspicion(surprisal.sum(axis=1))
+        return self.classifier_.predict_proba(np.column_stack((features, surprisal)))[:, 1]
+
+    @staticmethod
+    def session_features(sessions: pd.DataFrame, catalog: Catalog, predictor: DurationPredictor) -> np.ndarray:
+        """DETECTOR_FEATURES of finished sessions; durations judged out-of-fold where possible."""
+        log_y, log_grid = predictor.history_log_grids(sessions, catalog)
+        evidence = [
+            collect_evidence(entry, exit_, catalog)
+            for entry, exit_ in zip(sessions["entry_scans"], sessions["exit_scans"])
+        ]
+        return _feature_rows(log_y, log_grid, evidence)
+
+    def risk_level(self, score: float) -> str:
+        """"high" at or above the flag threshold, "medium" at or above the medium band, else "low"."""
+        if score >= self.threshold_:
+            return "high"
+        return "medium" if score >= self.medium_threshold_ else "low"
+
+    def _isolation_raw(self, features: np.ndarray) -> np.ndarray:
+        """IsolationForest abnormality of the behaviour columns; higher is more abnormal."""
+        return -self.isolation_.score_samples(features[:, _BEHAVIOUR])
+
+    def _surprisals(self, features: np.ndarray) -> np.ndarray:
+        """-log10 p of the evidence-pattern, price-rank, overstay and isolation tests (n x 4; + swap prior)."""
+        reference = self.isolation_reference_
+        exceed = len(reference) - np.searchsorted(reference, self._isolation_raw(features), side="left")
+        p_isolation = (1.0 + exceed) / (1.0 + len(reference))
+        p_overstay = np.maximum(ndtr(-features[:, _Z_ROBUST]), 1e-300)
+        p_pattern = np.array([self.pattern_share_.get(_pattern(row), 1.0 / (1.0 + self.pattern_share_["n"])) for row in features])
+        n = np.maximum(features[:, _N_ITEMS], 1.0)
+        rank = features[:, _MISSING_RANK] * (features[:, _N_MISSING] > 0) * (n > 1)
+        # Under a random miss the dearest missing item is uniform over the basket's price order.
+        p_rank = 1.0 - rank * (n - 1.0) / n
+        surprisal = -np.log10(np.column_stack((p_pattern, p_rank, p_overstay, p_isolation)))
+        surprisal[:, 0] += self.swap_weight * (features[:, _N_SWAPS] > 0)
+        return surprisal
+
+    def _score_from_suspicion(self, suspicion: np.ndarray) -> np.ndarray:
+        """Share of training sessions less suspicious, strictly increasing so ranks survive."""
+        grid = self.suspicion_reference_
+        levels = np.linspace(0.0, 1.0, len(grid))
+        inside = np.interp(suspicion, grid, levels)
+        # Beyond the training range, keep ordering instead of saturating at exactly 0 or 1.
+        above = suspicion > grid[-1]
+        inside[above] = 1.0 - 1e-3 * np.exp(-(suspicion[above] - grid[-1]))
+        below = suspicion < grid[0]
+        inside[below] = 1e-3 * np.exp(suspicion[below] - grid[0])
+        return np.clip(inside, 0.0, 1.0)
+
+    def _fit_classifier(self, features: np.ndarray, y: np.ndarray) -> None:
+        """Label-trained classifier; thresholds chosen on out-of-fold probabilities."""
+        inputs = np.column_stack((features, self._surprisals(features)))
+        folds = StratifiedKFold(self.cv_folds, shuffle=True, random_state=self.random_state)
+        out_of_fold = np.empty(len(y))
+        for fit_rows, held_out in folds.split(inputs, y):
+            model = self._classifier().fit(inputs[fit_rows], y[fit_rows])
+            out_of_fold[held_out] = model.predict_proba(inputs[held_out])[:, 1]
+        self.threshold_, self.validation_precision_, self.validation_recall_ = _threshold_for_recall(
+            y, out_of_fold, self.target_recall
+        )
+        medium, _, _ = _threshold_for_recall(y, out_of_fold, self.medium_recall)
+        self.medium_threshold_ = min(medium, self.threshold_)
+        self.classifier_ = self._classifier().fit(inputs, y)
+
+    def _classifier(self) -> HistGradientBoostingClassifier:
+        """Small boosted classifier; log loss keeps its probabilities roughly calibrated."""
+        return HistGradientBoostingClassifier(
+            learning_rate=0.05,
+            max_iter=200,
+            max_leaf_nodes=15,
+            min_samples_leaf=20,
+            l2_regularization=1.0,
+            early_stopping=False,
+            random_state=self.random_state,
+        )
+
+    def _behaviour_reasons(
+        self, features: np.ndarray, duration: float, estimate: DurationEstimate, need_one: bool
+    ) -> list[Reason]:
+        """Overstay / unusual-behaviour reasons; `need_one` forces a reason for a flagged session."""
+        quantile = float(ndtr(features[_Z]))
+        if quantile >= 0.95:
+            return [
+                Reason(
+                    "overstay",
+                    f"stayed {duration:.0f} min, longer than {_percent(quantile)} of comparable "
+                    f"sessions (predicted {estimate.median:.0f} min)",
+                )
+            ]
+        if need_one:
+            return [
+                Reason(
+                    "unusual_behaviour",
+                    "the visit does not look like past sessions with similar items "
+                    f"(stayed {duration:.0f} min, predicted {estimate.median:.0f} min)",
+                )
+            ]
+        return []
+
+    def _schema(self) -> dict[str, Any]:
+        return {"detector_features": list(DETECTOR_FEATURES)}
+
+    def _expected_schema(self) -> dict[str, Any]:
+        return {"detector_features": list(DETECTOR_FEATURES)}
+
+
+def _feature_rows(log_y: np.ndarray, log_grid: np.ndarray, evidence: Sequence[Evidence]) -> np.ndarray:
+    """DETECTOR_FEATURES for sessions given log minutes, log quantile grids and their evidence."""
+    z = _z_from_grid(log_y, log_grid)
+    lower, median, upper = (QUANTILE_LEVELS.index(p) for p in (0.25, 0.5, 0.75))
+    spread = np.maximum(log_grid[:, upper] - log_grid[:, lower], 1e-9) / _IQR_Z
+    z_robust = np.clip((log_y - log_grid[:, median]) / spread, -_Z_CLIP, _Z_CLIP)
+    rows = np.empty((len(evidence), len(DETECTOR_FEATURES)))
+    for i, ev in enumerate(evidence):
+        value = ev.missing_value
+        taken_in = ev.taken_in_value
+        rows[i] = (
+            z[i],
+            z_robust[i],
+            len(ev.missing),
+            len(ev.unexpected),
+            len(ev.swaps),
+            value,
+            value / taken_in if taken_in > 0 else 0.0,
+            ev.swap_value,
+            len(ev.taken_in_prices),
+            ev.dearest_missing_rank,
+        )
+    return rows
+
+
+def _pattern(row: np.ndarray) -> tuple[int, int, int]:
+    """Evidence pattern of a feature row: missing (0, 1, 2+), unexpected (0, 1, 2+), swap (0, 1)."""
+    return (int(min(row[_N_MISSING], 2)), int(min(row[_N_UNEXPECTED], 2)), int(row[_N_SWAPS] > 0))
+
+
+def _pattern_shares(features: np.ndarray) -> dict[Any, float]:
+    """Share of sessions with each evidence pattern (no evidence counts as 1: not surprising)."""
+    counts: dict[Any, float] = {}
+    for row in features:
+        key = _pattern(row)
+        counts[key] = counts.get(key, 0.0) + 1.0
+    n = float(len(features))
+    shares: dict[Any, float] = {key: (count + 1.0) / (n + 1.0) for key, count in counts.items()}
+    shares[(0, 0, 0)] = 1.0
+    shares["n"] = n
+    return shares
+
+
+def _fisher_inverse(p: float, k: int = 4) -> float:
+    """Sum of k surprisals (-log10 p) at which Fisher's combined p-value equals `p`."""
+    low, high = 0.0, 400.0
+    for _ in range(200):
+        mid = (low + high) / 2.0
+        t = 10.0**-mid
+        log_t = -math.log(t)
+        combined = t * sum(log_t**i / math.factorial(i) for i in range(k))
+        low, high = (mid, high) if combined > p else (low, mid)
+    return (low + high) / 2.0
+
+
+def _labelled_anomalies(sessions: pd.DataFrame) -> np.ndarray:
+    """Boolean mask of sessions labelled is_anomaly true (unknown labels count as not labelled)."""
+    if "is_anomaly" not in sessions:
+        return np.zeros(len(sessions), dtype=bool)
+    return sessions["is_anomaly"].fillna(False).astype(bool).to_numpy()
+
+
+def _z_from_grid(log_value: np.ndarray, log_grid: np.ndarray) -> np.ndarray:
+    """Normal score of each value under its row's quantile grid (log minutes at QUANTILE_LEVELS).
+
+    Inside the grid the normal score is interpolated linearly in log minutes; beyond it the
+    line through the 5% and 1% (95% and 99%) points is extended, a lognormal-like tail.
+    """
+    out = np.empty(len(log_value))
+    for i, (value, grid) in enumerate(zip(log_value, log_grid)):
+        strict = grid + np.arange(len(grid)) * 1e-12  # ties would make interpolation ill-defined
+        if value < strict[0]:
+            slope = (_Z_LEVELS[4] - _Z_LEVELS[0]) / max(strict[4] - strict[0], 1e-9)
+            out[i] = _Z_LEVELS[0] - slope * (strict[0] - value)
+        elif value > strict[-1]:
+            slope = (_Z_LEVELS[-1] - _Z_LEVELS[-5]) / max(strict[-1] - strict[-5], 1e-9)
+            out[i] = _Z_LEVELS[-1] + slope * (value - strict[-1])
+        else:
+            out[i] = np.interp(value, strict, _Z_LEVELS)
+    return np.clip(out, -_Z_CLIP, _Z_CLIP)
+
+
+def _reference_grid(values: np.ndarray, points: int = 1001) -> np.ndarray:
+    """Quantiles 0, 0.001, ..., 1 of the training values, nudged strictly increasing."""
+    grid = np.quantile(values, np.linspace(0.0, 1.0, points))
+    return grid + np.arange(points) * 1e-9
+
+
+def _threshold_for_recall(y: np.ndarray, score: np.ndarray, target: float) -> tuple[float, float, float]:
+    """(threshold, precision, recall): best precision among thresholds with recall >= target."""
+    precision, recall, thresholds = precision_recall_curve(y, score)
+    ok = recall[:-1] >= target
+    if not ok.any():
+        return float(thresholds[0]), float(precision[0]), float(recall[0])
+    candidates = np.flatnonzero(ok)
+    # Ties go to the highest threshold (fewest alerts).
+    best = candidates[::-1][np.argmax(precision[candidates][::-1])]
+    return float(thresholds[best]), float(precision[best]), float(recall[best])
+
+
+def _percent(quantile: float) -> str:
+    """"99%" style share for reason texts, one decimal above 99%."""
+    if quantile >= 0.99:
+        return f"{math.floor(quantile * 1000) / 10:g}%"
+    return f"{math.floor(quantile * 100)}%"
+
+
+# ---------------------------------------------------------------------------------------------
+# Held-out evaluation (train.py writes these numbers to metrics.json)
+
+_ITEM_BUCKETS: tuple[tuple[str, int, int], ...] = (
+    ("0", 0, 0),
+    ("1", 1, 1),
+    ("2", 2, 2),
+    ("3", 3, 3),
+    ("4", 4, 4),
+    ("5", 5, 5),
+    ("6", 6, 6),
+    ("7-9", 7, 9),
+    ("10-12", 10, 12),
+    ("13+", 13, 10**9),
+)
+
+
+def evaluate_duration(
+    predictor: DurationPredictor, sessions: pd.DataFrame, catalog: Catalog, level: float = 0.9
+) -> dict[str, Any]:
+    """Held-out duration metrics: MAE (minutes, lower is better), interval coverage and width."""
+    estimates = [
+        predictor.estimate(items, stamp.to_pydatetime(), catalog, level)
+        for items, stamp in zip(sessions[ITEMS_COLUMN], sessions["entry_time"])
+    ]
+    y = sessions["duration"].to_numpy(dtype=float)
+    median = np.array([e.median for e in estimates])
+    low = np.array([e.low for e in estimates])
+    high = np.array([e.high for e in estimates])
+    covered = (y >= low) & (y <= high)
+    n_items = sessions[ITEMS_COLUMN].map(len).to_numpy()
+    buckets = {}
+    for name, lo, hi in _ITEM_BUCKETS:
+        rows = (n_items >= lo) & (n_items <= hi)
+        if rows.any():
+            buckets[name] = {"sessions": int(rows.sum()), "coverage": float(covered[rows].mean())}
+    return {
+        "sessions": len(y),
+        "mae_minutes": float(np.mean(np.abs(y - median))),
+        "median_absolute_error_minutes": float(np.median(np.abs(y - median))),
+        "level": level,
+        "coverage": float(covered.mean()),
+        "coverage_by_item_count": buckets,
+        "mean_width_minutes": float(np.mean(high - low)),
+        "median_relative_width": float(np.median((high - low) / median)),
+    }
+
+
+def duration_baselines(train: pd.DataFrame, test: pd.DataFrame, catalog: Catalog, seed: int = 0) -> dict[str, float]:
+    """Held-out MAE (minutes) of simple predictors the model must beat."""
+    y_train = train["duration"].to_numpy(dtype=float)
+    y_test = test["duration"].to_numpy(dtype=float)
+    k_train = train[ITEMS_COLUMN].map(len).to_numpy()
+    k_test = test[ITEMS_COLUMN].map(len).to_numpy()
+    by_count = pd.Series(y_train).groupby(k_train).median()
+    fallback = float(np.median(y_train))
+    per_count = np.array([float(by_count.get(k, fallback)) for k in k_test])
+    forest = RandomForestRegressor(n_estimators=100, min_samples_leaf=5, random_state=seed, n_jobs=1)
+    forest.fit(_simple_features(train, catalog), np.log(np.maximum(y_train, MIN_DURATION)))
+    forest_median = np.exp(forest.predict(_simple_features(test, catalog)))
+    return {
+        "global_median_mae_minutes": float(np.mean(np.abs(y_test - fallback))),
+        "median_by_item_count_mae_minutes": float(np.mean(np.abs(y_test - per_count))),
+        "random_forest_simple_features_mae_minutes": float(np.mean(np.abs(y_test - forest_median))),
+    }
+
+
+def _simple_features(sessions: pd.DataFrame, catalog: Catalog) -> np.ndarray:
+    """Item count, total price, hour and weekday: the baseline forest's inputs."""
+    full = FeatureBuilder(catalog.categories).frame(sessions, catalog)
+    names = FeatureBuilder(catalog.categories).feature_names
+    return full[:, [names.index(c) for c in ("n_items", "price_sum", "hour", "weekday")]]
+
+
+def evaluate_anomaly(
+    detector: AnomalyDetector,
+    predictor: DurationPredictor,
+    train: pd.DataFrame,
+    test: pd.DataFrame,
+    catalog: Catalog,
+    seed: int = 0,
+) -> dict[str, Any] | None:
+    """Held-out anomaly metrics on labelled test sessions (None without both classes labelled).
+
+    PR-AUC is average precision (higher is better); baselines are the rule "any missing or
+    unexpected item" and an IsolationForest alone on all detector features.
+    """
+    known = test["is_anomaly"].notna().to_numpy() if "is_anomaly" in test else np.zeros(len(test), bool)
+    labelled = test[known]
+    y = labelled["is_anomaly"].astype(bool).to_numpy() if len(labelled) else np.array([], bool)
+    if y.sum() == 0 or (~y).sum() == 0:
+        return None
+    features = detector.session_features(labelled, catalog, predictor)
+    score = detector.score(features)
+    flagged = score >= detector.threshold_
+    forest = IsolationForest(n_estimators=100, random_state=seed)
+    forest.fit(detector.session_features(train, catalog, predictor))
+    precision, recall, _ = precision_recall_curve(y, score)
+    return {
+        "labelled_sessions": len(y),
+        "anomalies": int(y.sum()),
+        "supervised": detector.supervised_,
+        "pr_auc": float(average_precision_score(y, score)),
+        "precision_at_recall_0.8": float(precision[recall >= 0.8].max()),
+        "threshold": float(detector.threshold_),
+        "flagged_rate": float(flagged.mean()),
+        "precision": float(y[flagged].mean()) if flagged.any() else 0.0,
+        "recall": float(flagged[y].mean()),
+        "baselines": {
+            "rule_any_missing_or_unexpected_pr_auc": float(
+                average_precision_score(y, features[:, _N_MISSING : _N_UNEXPECTED + 1].any(axis=1).astype(float))
+            ),
+            "isolation_forest_alone_pr_auc": float(average_precision_score(y, -forest.score_samples(features))),
+        },
+    }

@@ -1,0 +1,82 @@
+"""Hard evidence rules and the reasons a floor manager reads."""
+
+from fitting_room.catalog import Catalog
+from fitting_room.evidence import Reason, collect_evidence, evidence_reasons
+
+CATALOG = Catalog.from_mapping(
+    {
+        "Dress-XL": {"category": "Dresses", "price": 129.0},
+        "Dress-S": {"category": "Dresses", "price": 38.7},
+        "Tee/1": {"category": "Tops", "price": 35.5},
+        "Tee/2": {"category": "Tops", "price": 12.0},
+        "Cap": {"category": "Acc.", "price": 9.99},
+    }
+)
+
+
+def test_clean_session_has_no_evidence() -> None:
+    evidence = collect_evidence(["Dress-XL", "tee/1"], [" dress-xl", "TEE/1"], CATALOG)
+    assert not evidence.has_evidence
+    assert evidence.missing_value == 0
+    assert evidence_reasons(evidence) == []
+
+
+def test_missing_items_with_value_and_reason() -> None:
+    evidence = collect_evidence(["Dress-XL", "Tee/1", "Cap"], ["cap"], CATALOG)
+    assert [m.item_id for m in evidence.missing] == ["Dress-XL", "Tee/1"]
+    assert evidence.missing_value == 129.0 + 35.5
+    assert evidence.unexpected == () and evidence.swaps == ()
+    assert evidence_reasons(evidence) == [
+        Reason("missing_items", "2 items not scanned out: Dress-XL (€129.00), Tee/1 (€35.50)")
+    ]
+
+
+def test_duplicates_are_a_multiset() -> None:
+    evidence = collect_evidence(["Cap", "cap", "Cap"], ["CAP"], CATALOG)
+    assert [m.item_id for m in evidence.missing] == ["Cap", "Cap"]
+
+
+def test_tag_swap_same_category_cheaper() -> None:
+    evidence = collect_evidence(["Dress-XL", "Cap"], ["Dress-S", "Cap"], CATALOG)
+    assert len(evidence.swaps) == 1
+    swap = evidence.swaps[0]
+    assert (swap.unexpected.item_id, swap.missing.item_id) == ("Dress-S", "Dress-XL")
+    assert round(swap.discount, 2) == 0.7
+    assert evidence.swap_value == 129.0 - 38.7
+    # The swap explains both the missing and the unexpected item: one reason, not three.
+    assert evidence_reasons(evidence) == [
+        Reason(
+            "tag_swap",
+            "Dress-S left the room but never entered it: possible tag swap for Dress-XL (same category, 70% cheaper)",
+        )
+    ]
+
+
+def test_no_swap_for_other_category_or_dearer_item() -> None:
+    other_category = collect_evidence(["Dress-XL"], ["Tee/2"], CATALOG)
+    dearer = collect_evidence(["Dress-S"], ["Dress-XL"], CATALOG)
+    for evidence in (other_category, dearer):
+        assert evidence.swaps == ()
+        assert [r.code for r in evidence_reasons(evidence)] == ["missing_items", "unexpected_items"]
+    assert evidence_reasons(dearer)[1].message == (
+        "1 item scanned out that was never scanned in: Dress-XL (€129.00)"
+    )
+
+
+def test_unknown_ids_are_valued_at_the_typical_price_and_named() -> None:
+    evidence = collect_evidence(["Cap", " mystery-9 "], ["Cap", "ghost"], CATALOG)
+    assert evidence.missing[0].item_id == "mystery-9" and not evidence.missing[0].known
+    assert evidence.missing_value == CATALOG.typical_item.price
+    assert evidence.swaps == ()
+    messages = [r.message for r in evidence_reasons(evidence)]
+    assert messages == [
+        "1 item not scanned out: mystery-9 (not in the item database)",
+        "1 item scanned out that was never scanned in: ghost (not in the item database)",
+    ]
+
+
+def test_swap_pairs_are_one_to_one() -> None:
+    evidence = collect_evidence(["Dress-XL", "Tee/1"], ["Dress-S", "Tee/2", "Cap"], CATALOG)
+    pairs = {(s.unexpected.item_id, s.missing.item_id) for s in evidence.swaps}
+    assert pairs == {("Dress-S", "Dress-XL"), ("Tee/2", "Tee/1")}
+    assert [r.code for r in evidence_reasons(evidence)] == ["tag_swap", "tag_swap", "unexpected_items"]

@@ -1,0 +1,222 @@
+"""Train the duration and anomaly models from the data contract files.
+
+    python train.py [--data-dir data] [--model-dir models] [--timezone Europe/Berlin]
+
+Writes duration_model.pkl, anomaly_model.pkl (joblib) and metrics.json into the model folder.
+Metrics come from models fitted on a random training split and scored on the held-out rest;
+the saved models are then refitted on all sessions with the same settings. Exit code 2 means
+an input file breaks the data contract (the message names the file and row or column).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import joblib
+import numpy as np
+import pandas as pd
+import scipy
+import sklearn
+from threadpoolctl import threadpool_limits
+
+from fitting_room.catalog import Catalog
+from fitting_room.errors import DataContractError
+from fitting_room.features import ITEMS_COLUMN
+from fitting_room.history import SESSIONS_FILE, has_labels, load_history
+from fitting_room.manifest import write_manifest
+from models import (
+    AnomalyDetector,
+    DurationPredictor,
+    duration_baselines,
+    evaluate_anomaly,
+    evaluate_duration,
+)
+
+DURATION_FILE = "duration_model.pkl"
+ANOMALY_FILE = "anomaly_model.pkl"
+METRICS_FILE = "metrics.json"
+MIN_SESSIONS = 50
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Command-line options."""
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    parser.add_argument("--data-dir", type=Path, default=Path("data"), help="folder with the contract files")
+    parser.add_argument("--model-dir", type=Path, default=Path("models"), help="where models are written")
+    parser.add_argument(
+        "--timezone",
+        type=_zone_name,
+        default=os.environ.get("FITTING_ROOM_TIMEZONE", "UTC"),
+        help="store time zone, IANA name (default: $FITTING_ROOM_TIMEZONE or UTC)",
+    )
+    parser.add_argument("--test-fraction", type=float, default=0.2, help="held-out share for metrics")
+    parser.add_argument("--seed", type=int, default=0, help="seed for the split and the models")
+    parser.add_argument(
+        "--threads", type=int, default=1, help="OpenMP threads (1 avoids oversubscribing a shared machine)"
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run training; 0 on success, 2 when an input file breaks the data contract."""
+    args = parse_args(argv)
+    try:
+        sessions, catalog = load_history(args.data_dir, timezone=args.timezone)
+        if len(sessions) < MIN_SESSIONS:
+            raise DataContractError(
+                f"{args.data_dir / SESSIONS_FILE}: only {len(sessions)} sessions, need at least {MIN_SESSIONS}"
+            )
+    except DataContractError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    with threadpool_limits(limits=args.threads):
+        metrics = train(sessions, catalog, args)
+    print(_summary(metrics))
+    return 0
+
+
+def train(sessions: pd.DataFrame, catalog: Catalog, args: argparse.Namespace) -> dict[str, Any]:
+    """Evaluate on a held-out split, refit on everything, save models and metrics; returns the metrics."""
+    train_part, test_part = _split(sessions, args.test_fraction, args.seed)
+    predictor = _predictor(args).fit(train_part, catalog)
+    metrics: dict[str, Any] = {
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "versions": _versions(),
+        "data": _data_summary(sessions, catalog, args),
+        "split": {"test_fraction": args.test_fraction, "seed": args.seed, "train": len(train_part), "test": len(test_part)},
+        "duration": evaluate_duration(predictor, test_part, catalog)
+        | {"baselines": duration_baselines(train_part, test_part, catalog, args.seed)},
+        "anomaly": {},
+    }
+    for name, use_labels in (("with_labels", True), ("without_labels", False)):
+        if use_labels and not has_labels(train_part):
+            continue
+        detector = AnomalyDetector(random_state=args.seed, use_labels=use_labels).fit(train_part, catalog, predictor)
+        metrics["anomaly"][name] = evaluate_anomaly(detector, predictor, train_part, test_part, catalog, args.seed)
+    final_predictor = _predictor(args).fit(sessions, catalog)
+    final_detector = AnomalyDetector(random_state=args.seed).fit(sessions, catalog, final_predictor)
+    metrics["saved_models"] = {
+        "fitted_on_sessions": len(sessions),
+        "duration_boosting_rounds": final_predictor.n_iter_,
+        "anomaly_uses_labels": final_detector.supervised_,
+        "anomaly_threshold": final_detector.threshold_,
+    }
+    args.model_dir.mkdir(parents=True, exist_ok=True)
+    final_predictor.save(args.model_dir / DURATION_FILE)
+    final_detector.save(args.model_dir / ANOMALY_FILE)
+    (args.model_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
+    write_manifest(
+        args.model_dir,
+        {
+            "sklearn_version": sklearn.__version__,
+            "versions": metrics["versions"],
+            "feature_schema": final_predictor.builder_.schema,
+            "data": metrics["data"],
+            "headline_metrics": _headline(metrics),
+        },
+    )
+    return metrics
+
+
+def _headline(metrics: dict[str, Any]) -> dict[str, Any]:
+    """The few held-out figures GET /models shows."""
+    duration = metrics["duration"]
+    headline: dict[str, Any] = {
+        key: duration[key] for key in ("mae", "coverage", "mean_width") if key in duration
+    }
+    for name, figures in metrics["anomaly"].items():
+        headline[f"anomaly_{name}_pr_auc"] = figures.get("pr_auc")
+    return headline
+
+
+def _predictor(args: argparse.Namespace) -> DurationPredictor:
+    """Duration model with the CLI's settings."""
+    return DurationPredictor(timezone=args.timezone, random_state=args.seed)
+
+
+def _split(sessions: pd.DataFrame, test_fraction: float, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Random train/test split of sessions."""
+    order = np.random.default_rng(seed).permutation(len(sessions))
+    n_test = int(round(len(sessions) * test_fraction))
+    return sessions.iloc[np.sort(order[n_test:])], sessions.iloc[np.sort(order[:n_test])]
+
+
+def _data_summary(sessions: pd.DataFrame, catalog: Catalog, args: argparse.Namespace) -> dict[str, Any]:
+    """What the models were trained on."""
+    scans = [item for items in sessions[ITEMS_COLUMN] for item in items]
+    labels = sessions["is_anomaly"]
+    types = sessions.loc[labels.fillna(False).astype(bool), "anomaly_type"].fillna("unspecified")
+    duration = sessions["duration"]
+    return {
+        "data_dir": str(args.data_dir),
+        "timezone": args.timezone,
+        "sessions": len(sessions),
+        "rooms": int(sessions["room_id"].nunique()),
+        "first_entry": sessions["entry_time"].min().isoformat(),
+        "last_entry": sessions["entry_time"].max().isoformat(),
+        "catalog_items": len(catalog),
+        "categories": list(catalog.categories),
+        "scanned_items": len(scans),
+        "unknown_item_scans": sum(1 for item in scans if item not in catalog),
+        "duration_minutes": {
+            "p05": float(duration.quantile(0.05)),
+            "median": float(duration.median()),
+            "p95": float(duration.quantile(0.95)),
+        },
+        "labelled_sessions": int(labels.notna().sum()),
+        "labelled_anomalies": int(labels.fillna(False).astype(bool).sum()),
+        "anomaly_types": {str(k): int(v) for k, v in types.value_counts().items()},
+    }
+
+
+def _versions() -> dict[str, str]:
+    """Library versions the models were built with."""
+    return {
+        "python": platform.python_version(),
+        "sklearn": sklearn.__version__,
+        "numpy": np.__version__,
+        "pandas": pd.__version__,
+        "scipy": scipy.__version__,
+        "joblib": joblib.__version__,
+    }
+
+
+def _summary(metrics: dict[str, Any]) -> str:
+    """A few lines for the terminal."""
+    d = metrics["duration"]
+    lines = [
+        f"sessions: {metrics['data']['sessions']} (test {metrics['split']['test']})",
+        f"duration: MAE {d['mae_minutes']:.2f} min, {d['level']:.0%} coverage {d['coverage']:.3f}, "
+        f"mean width {d['mean_width_minutes']:.1f} min",
+    ]
+    for name, result in metrics["anomaly"].items():
+        if result is None:
+            lines.append(f"anomaly ({name}): no labelled test sessions of both classes")
+        else:
+            lines.append(
+                f"anomaly ({name}): PR-AUC {result['pr_auc']:.3f}, precision {result['precision']:.2f}, "
+                f"recall {result['recall']:.2f}"
+            )
+    return "\n".join(lines)
+
+
+def _zone_name(value: str) -> str:
+    """argparse type: an IANA time zone name."""
+    try:
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError) as err:
+        raise argparse.ArgumentTypeError(f"unknown time zone {value!r}") from err
+    return value
+
+
+if __name__ == "__main__":
+    sys.exit(main())
