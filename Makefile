@@ -39,10 +39,18 @@ lint: $(VENV)/.dev
 typecheck: $(VENV)/.dev
 	$(VENV)/bin/mypy .
 
-pytest: $(VENV)/.dev
+pytest: $(VENV)/.dev browser-deps
 	$(VENV)/bin/pytest
 
 test: lint typecheck pytest
+
+# Debian's Chromium (and fonts for its screenshots) for the dashboard's Playwright tests; Playwright never
+# downloads a browser. Recommends are skipped: they pull in printing, audio and desktop services.
+.PHONY: browser-deps
+browser-deps:
+	@test -x /usr/bin/chromium || { \
+		SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+		$$SUDO apt-get update && $$SUDO apt-get install -y --no-install-recommends chromium fonts-liberation fonts-dejavu-core; }
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis
