@@ -16,7 +16,7 @@ from typing import Annotated, Any
 from fastapi import Depends, FastAPI, Header, Query, Request, Security
 from fastapi import Path as PathParam
 from fastapi.responses import JSONResponse, Response
-from fastapi.security import APIKeyHeader
+from fastapi.security import APIKeyHeader, APIKeyQuery
 from pydantic import BaseModel
 
 from fitting_room import __version__, presenters
@@ -82,6 +82,11 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     422: {"description": "Invalid input; nothing was changed."},
     503: {"model": ErrorResponse, "description": "Models not verified and loaded."},
 }
+api_key_query = APIKeyQuery(
+    name="api_key",
+    auto_error=False,
+    description="API key for the live event stream only: a browser's EventSource cannot send headers.",
+)
 api_key_header = APIKeyHeader(
     name="X-API-Key", auto_error=False, description="API key; its role (kiosk, staff, admin) decides what it may call."
 )
@@ -193,7 +198,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(BodySizeLimitMiddleware)
     app.add_middleware(RequestContextMiddleware, metrics=metrics)
     _add_routes(app)
-    app.include_router(dashboard_router())
+    app.include_router(dashboard_router(dependencies=[requires_for_stream(Role.STAFF, "watch the dashboard")]))
     return app
 
 
@@ -230,6 +235,22 @@ def requires(role: Role, action: str) -> Any:
         if state.keyring is None:
             return
         found, _store = state.keyring.identify(key)
+        authorize(found, role, action)
+
+    return Depends(check)
+
+
+def requires_for_stream(role: Role, action: str) -> Any:
+    """Like `requires`, but the key may also come as ?api_key= (for EventSource)."""
+
+    def check(
+        state: State,
+        header: Annotated[str | None, Security(api_key_header)],
+        query: Annotated[str | None, Security(api_key_query)],
+    ) -> None:
+        if state.keyring is None:
+            return
+        found, _store = state.keyring.identify(header or query)
         authorize(found, role, action)
 
     return Depends(check)

@@ -51,6 +51,7 @@ MATRIX: list[tuple[str, str, dict[str, Any] | None, str]] = [
     ("POST", "/alerts/1/resolve", {"outcome": "theft"}, "staff"),
     ("GET", "/models", None, "staff"),
     ("POST", "/models/reload", None, "admin"),
+    ("GET", "/dashboard/summary", None, "staff"),
 ]
 
 
@@ -71,7 +72,16 @@ def test_role_endpoint_matrix(secured: TestClient, method: str, path: str, body:
             assert response.status_code not in (401, 403), (role, response.text)
 
 
-@pytest.mark.parametrize("path", ["/", "/docs", "/openapi.json", "/healthz", "/readyz", "/metrics"])
+def test_event_stream_takes_the_key_as_query_parameter(secured: TestClient):
+    assert secured.get("/events").status_code == 401
+    kiosk = secured.get("/events", params={"api_key": KEYS["kiosk"]})
+    assert kiosk.status_code == 403
+    assert "needs 'staff'" in kiosk.json()["detail"]
+    summary = secured.get("/dashboard/summary", params={"api_key": KEYS["staff"]})
+    assert summary.status_code == 200
+
+
+@pytest.mark.parametrize("path", ["/", "/docs", "/dashboard", "/openapi.json", "/healthz", "/readyz", "/metrics"])
 def test_open_endpoints_need_no_key(secured: TestClient, path: str):
     assert secured.get(path).status_code == 200
 
