@@ -11,9 +11,17 @@ Labelled anomalies (is_anomaly true) are left out of the median and scale fits w
 exist, but stay in the calibration residuals: the API sees anomalous sessions too, so the
 interval coverage is calibrated on all sessions.
 
-AnomalyDetector combines hard evidence (evidence.py) with learned behaviour: an IsolationForest
-fitted on sessions without hard evidence, and, when the history has labels, a gradient-boosted
-classifier over the evidence, duration and IsolationForest features.
+The saved m and s are fitted on all training sessions (labelled anomalies excluded); the
+out-of-fold fits exist only to produce honest residuals and, for the detector, honest
+duration judgements of the training sessions.
+
+AnomalyDetector combines hard evidence (evidence.py) with learned behaviour. Without labels it
+adds surprisals (-log10 p) of four tests learned from the store's history: how rare the evidence
+pattern is, whether the dearest item went missing, how far the stay exceeds the central part of
+the predicted distribution, and an IsolationForest fitted on sessions without hard evidence.
+With labels, a gradient-boosted classifier over the same features and surprisals joins them.
+The detector has no entry time (analyse() does not receive it), so hour-of-day patterns of
+theft are not used; the duration test is already conditional on the entry time.
 """
 
 from __future__ import annotations
@@ -195,13 +203,11 @@ class DurationPredictor(_Persistent):
         abs_residual = np.abs(log_y - oof_median)
         self.scale_floor_ = max(0.2 * float(np.median(abs_residual[train])), 1e-3)
         self.scale_model_ = self._scale_model().fit(x[train], abs_residual[train])
-        oof_scale = np.maximum(
-            self._cross_fit(x, abs_residual, train, folds, self._scale_model), self.scale_floor_
-        )
+        oof_scale = np.maximum(self._cross_fit(x, abs_residual, train, folds, self._scale_model), self.scale_floor_)
         self.residuals_ = np.sort((log_y - oof_median) / oof_scale)
         self.quantile_grid_ = np.array([self._residual_quantile(p) for p in QUANTILE_LEVELS])
         ids = sessions["session_id"].astype(str).tolist()
-        self.out_of_fold_ = dict(zip(ids, zip(oof_median.tolist(), oof_scale.tolist())))
+        self.out_of_fold_ = dict(zip(ids, zip(oof_median.tolist(), oof_scale.tolist(), strict=True), strict=True))
         self.n_sessions_ = len(x)
         self.n_train_sessions_ = int(train.sum())
         return self
@@ -227,6 +233,20 @@ class DurationPredictor(_Persistent):
             quantiles=tuple(float(q) for q in grid),
             unknown_item_ids=unknown,
         )
+
+    def estimate_frame(
+        self, sessions: pd.DataFrame, catalog: Catalog, level: float = 0.9
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(median, low, high) minutes for many sessions at once; the same numbers as estimate()."""
+        if not MIN_LEVEL <= level <= MAX_LEVEL:
+            raise InvalidRequestError(f"interval level must be between {MIN_LEVEL} and {MAX_LEVEL}, got {level}")
+        x = self.builder_.frame(sessions, catalog)
+        center = self.median_model_.predict(x)
+        scale = np.maximum(self.scale_model_.predict(x), self.scale_floor_)
+        median = np.exp(center)
+        low = np.exp(center + scale * self._residual_quantile((1.0 - level) / 2.0))
+        high = np.exp(center + scale * self._residual_quantile((1.0 + level) / 2.0))
+        return median, np.minimum(low, median), np.maximum(high, median)
 
     def quantile_of(self, duration: float, estimate: DurationEstimate) -> float:
         """P(D <= duration) under the estimate's distribution, in [0, 1]; near 1 means an overstay."""
@@ -357,12 +377,12 @@ class AnomalyDetector(_Persistent):
         *,
         random_state: int = 0,
         n_estimators: int = 100,
-        swap_weight: float = 2.0,
-        flag_p: float = 0.001,
-        medium_p: float = 0.01,
+        swap_weight: float = 3.0,
+        flag_p: float = 0.01,
+        medium_p: float = 0.05,
         target_recall: float = 0.85,
         medium_recall: float = 0.95,
-        min_labels: int = 20,
+        min_labels: int = 50,
         cv_folds: int = 5,
         use_labels: bool = True,
         currency: str = "€",
@@ -380,9 +400,7 @@ class AnomalyDetector(_Persistent):
         self.use_labels = use_labels
         self.currency = currency
 
-    def fit(
-        self, sessions: pd.DataFrame, catalog: Catalog, predictor: DurationPredictor
-    ) -> AnomalyDetector:
+    def fit(self, sessions: pd.DataFrame, catalog: Catalog, predictor: DurationPredictor) -> AnomalyDetector:
         """Learn normal behaviour (and labels when present) from history.load_sessions() output."""
         features = self.session_features(sessions, catalog, predictor)
         self.pattern_share_ = _pattern_shares(features)
@@ -415,7 +433,7 @@ class AnomalyDetector(_Persistent):
         duration: float,
         estimate: DurationEstimate,
         catalog: Catalog,
-        predictor: DurationPredictor,
+        predictor: DurationPredictor,  # noqa: ARG002 - part of the service's interface; the estimate suffices
     ) -> AnomalyResult:
         """Verdict, score and reasons for a finished session of `duration` minutes."""
         evidence = collect_evidence(entry_scans, exit_scans, catalog)
@@ -448,12 +466,12 @@ class AnomalyDetector(_Persistent):
         log_y, log_grid = predictor.history_log_grids(sessions, catalog)
         evidence = [
             collect_evidence(entry, exit_, catalog)
-            for entry, exit_ in zip(sessions["entry_scans"], sessions["exit_scans"])
+            for entry, exit_ in zip(sessions["entry_scans"], sessions["exit_scans"], strict=True)
         ]
         return _feature_rows(log_y, log_grid, evidence)
 
     def risk_level(self, score: float) -> str:
-        """"high" at or above the flag threshold, "medium" at or above the medium band, else "low"."""
+        """Risk band of a score: high at or above the flag threshold, medium from the medium band, else low."""
         if score >= self.threshold_:
             return "high"
         return "medium" if score >= self.medium_threshold_ else "low"
@@ -468,7 +486,8 @@ class AnomalyDetector(_Persistent):
         exceed = len(reference) - np.searchsorted(reference, self._isolation_raw(features), side="left")
         p_isolation = (1.0 + exceed) / (1.0 + len(reference))
         p_overstay = np.maximum(ndtr(-features[:, _Z_ROBUST]), 1e-300)
-        p_pattern = np.array([self.pattern_share_.get(_pattern(row), 1.0 / (1.0 + self.pattern_share_["n"])) for row in features])
+        unseen = 1.0 / (1.0 + self.pattern_share_["n"])  # a pattern never seen in training
+        p_pattern = np.array([self.pattern_share_.get(_pattern(row), unseen) for row in features])
         n = np.maximum(features[:, _N_ITEMS], 1.0)
         rank = features[:, _MISSING_RANK] * (features[:, _N_MISSING] > 0) * (n > 1)
         # Under a random miss the dearest missing item is uniform over the basket's price order.
@@ -615,7 +634,7 @@ def _z_from_grid(log_value: np.ndarray, log_grid: np.ndarray) -> np.ndarray:
     line through the 5% and 1% (95% and 99%) points is extended, a lognormal-like tail.
     """
     out = np.empty(len(log_value))
-    for i, (value, grid) in enumerate(zip(log_value, log_grid)):
+    for i, (value, grid) in enumerate(zip(log_value, log_grid, strict=True)):
         strict = grid + np.arange(len(grid)) * 1e-12  # ties would make interpolation ill-defined
         if value < strict[0]:
             slope = (_Z_LEVELS[4] - _Z_LEVELS[0]) / max(strict[4] - strict[0], 1e-9)
@@ -647,7 +666,7 @@ def _threshold_for_recall(y: np.ndarray, score: np.ndarray, target: float) -> tu
 
 
 def _percent(quantile: float) -> str:
-    """"99%" style share for reason texts, one decimal above 99%."""
+    """Share for reason texts, e.g. 97% or 99.7% (one decimal above 99%)."""
     if quantile >= 0.99:
         return f"{math.floor(quantile * 1000) / 10:g}%"
     return f"{math.floor(quantile * 100)}%"
@@ -674,14 +693,8 @@ def evaluate_duration(
     predictor: DurationPredictor, sessions: pd.DataFrame, catalog: Catalog, level: float = 0.9
 ) -> dict[str, Any]:
     """Held-out duration metrics: MAE (minutes, lower is better), interval coverage and width."""
-    estimates = [
-        predictor.estimate(items, stamp.to_pydatetime(), catalog, level)
-        for items, stamp in zip(sessions[ITEMS_COLUMN], sessions["entry_time"])
-    ]
+    median, low, high = predictor.estimate_frame(sessions, catalog, level)
     y = sessions["duration"].to_numpy(dtype=float)
-    median = np.array([e.median for e in estimates])
-    low = np.array([e.low for e in estimates])
-    high = np.array([e.high for e in estimates])
     covered = (y >= low) & (y <= high)
     n_items = sessions[ITEMS_COLUMN].map(len).to_numpy()
     buckets = {}

@@ -92,7 +92,12 @@ def train(sessions: pd.DataFrame, catalog: Catalog, args: argparse.Namespace) ->
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "versions": _versions(),
         "data": _data_summary(sessions, catalog, args),
-        "split": {"test_fraction": args.test_fraction, "seed": args.seed, "train": len(train_part), "test": len(test_part)},
+        "split": {
+            "test_fraction": args.test_fraction,
+            "seed": args.seed,
+            "train": len(train_part),
+            "test": len(test_part),
+        },
         "duration": evaluate_duration(predictor, test_part, catalog)
         | {"baselines": duration_baselines(train_part, test_part, catalog, args.seed)},
         "anomaly": {},
@@ -128,13 +133,17 @@ def train(sessions: pd.DataFrame, catalog: Catalog, args: argparse.Namespace) ->
 
 
 def _headline(metrics: dict[str, Any]) -> dict[str, Any]:
-    """The few held-out figures GET /models shows."""
+    """The few held-out figures GET /models shows (anomaly PR-AUC only where labels allowed scoring)."""
     duration = metrics["duration"]
     headline: dict[str, Any] = {
-        key: duration[key] for key in ("mae", "coverage", "mean_width") if key in duration
+        "duration_mae_minutes": duration["mae_minutes"],
+        "duration_coverage": duration["coverage"],
+        "duration_level": duration["level"],
+        "duration_mean_width_minutes": duration["mean_width_minutes"],
     }
     for name, figures in metrics["anomaly"].items():
-        headline[f"anomaly_{name}_pr_auc"] = figures.get("pr_auc")
+        if figures is not None:
+            headline[f"anomaly_{name}_pr_auc"] = figures["pr_auc"]
     return headline
 
 
@@ -146,7 +155,7 @@ def _predictor(args: argparse.Namespace) -> DurationPredictor:
 def _split(sessions: pd.DataFrame, test_fraction: float, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Random train/test split of sessions."""
     order = np.random.default_rng(seed).permutation(len(sessions))
-    n_test = int(round(len(sessions) * test_fraction))
+    n_test = round(len(sessions) * test_fraction)
     return sessions.iloc[np.sort(order[n_test:])], sessions.iloc[np.sort(order[:n_test])]
 
 

@@ -42,9 +42,7 @@ class Catalog:
         self.typical_item: Item = _typical_item(list(self._items.values()))
 
     @classmethod
-    def from_mapping(
-        cls, data: Mapping[str, Mapping[str, Any]], source: str = "item database"
-    ) -> Catalog:
+    def from_mapping(cls, data: Mapping[str, Mapping[str, Any]], source: str = "item database") -> Catalog:
         """Validate `{item_id: {"category": str, "price": number, ...}}`; errors name `source` and the item."""
         if not isinstance(data, Mapping):
             raise DataContractError(f"{source}: expected a JSON object of items, got {type(data).__name__}")

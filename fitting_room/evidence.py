@@ -95,9 +95,7 @@ class Evidence:
         return sum(s.missing.price - s.unexpected.price for s in self.swaps)
 
 
-def collect_evidence(
-    entry_scans: Sequence[str], exit_scans: Sequence[str], catalog: Catalog
-) -> Evidence:
+def collect_evidence(entry_scans: Sequence[str], exit_scans: Sequence[str], catalog: Catalog) -> Evidence:
     """Missing items, unexpected items and probable tag swaps of a finished session."""
     missing_ids = _multiset_difference(entry_scans, exit_scans)
     unexpected_ids = _multiset_difference(exit_scans, entry_scans)
@@ -156,9 +154,7 @@ def _describe(raw: str, catalog: Catalog) -> EvidenceItem:
     return EvidenceItem(item.item_id, item.category, item.price, known=True)
 
 
-def _match_swaps(
-    missing: tuple[EvidenceItem, ...], unexpected: tuple[EvidenceItem, ...]
-) -> tuple[TagSwap, ...]:
+def _match_swaps(missing: tuple[EvidenceItem, ...], unexpected: tuple[EvidenceItem, ...]) -> tuple[TagSwap, ...]:
     """Pair each known unexpected item with the dearest unpaired missing item of its category."""
     free = [m for m in missing if m.known]
     swaps: list[TagSwap] = []
@@ -174,7 +170,7 @@ def _match_swaps(
 
 
 def _label(item: EvidenceItem, currency: str) -> str:
-    """"sku-0042 (€129.00)", or a note that the id is unknown."""
+    """Item label for reasons, e.g. sku-0042 (€129.00), or a note that the id is unknown."""
     if not item.known:
         return f"{item.item_id} (not in the item database)"
     return f"{item.item_id} ({currency}{item.price:,.2f})"

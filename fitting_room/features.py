@@ -84,9 +84,7 @@ class FeatureBuilder:
             "feature_names": list(self.feature_names),
         }
 
-    def row(
-        self, item_ids: Sequence[str], entry_time: datetime, catalog: Catalog
-    ) -> tuple[np.ndarray, list[str]]:
+    def row(self, item_ids: Sequence[str], entry_time: datetime, catalog: Catalog) -> tuple[np.ndarray, list[str]]:
         """Features of one session (1-D float64) and the ids missing from the catalogue, as given."""
         x = np.zeros(self.n_features)
         unknown: list[str] = []

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import NoReturn
@@ -84,7 +84,7 @@ def load_sessions(path: Path, timezone: str = "UTC") -> pd.DataFrame:
     )
     if "item_ids" in raw:
         given = report.column(raw["item_ids"], "item_ids", _parse_scans, optional=True)
-        sessions["item_ids"] = [g if g is not None else e for g, e in zip(given, sessions["entry_scans"])]
+        sessions["item_ids"] = [g if g is not None else e for g, e in zip(given, sessions["entry_scans"], strict=True)]
     else:
         sessions["item_ids"] = sessions["entry_scans"]
     labels = raw["is_anomaly"] if "is_anomaly" in raw else pd.Series([""] * n, dtype=object)
@@ -118,7 +118,7 @@ def _read_csv(path: Path) -> pd.DataFrame:
     return frame
 
 
-def _check_columns(path: Path, columns: Sequence[str]) -> None:
+def _check_columns(path: Path, columns: pd.Index) -> None:
     """Raise when a required column, or both duration and exit_time, is absent."""
     missing = [c for c in REQUIRED_COLUMNS if c not in columns]
     if missing:
@@ -158,9 +158,7 @@ class _Reporter:
 
     def fail(self, index: int, column: str, problem: str) -> NoReturn:
         """Raise the DataContractError for 0-based data row `index`."""
-        raise DataContractError(
-            f"{self.path}: row {index + 1} (line {index + 2}), column {column!r}: {problem}"
-        )
+        raise DataContractError(f"{self.path}: row {index + 1} (line {index + 2}), column {column!r}: {problem}")
 
 
 def _non_empty(text: str) -> str:
@@ -189,9 +187,7 @@ def _as_datetime(values: list, zone: ZoneInfo) -> pd.Series:
     return stamps.dt.tz_convert(zone)
 
 
-def _durations(
-    raw: pd.DataFrame, report: _Reporter, entry_time: list, exit_time: list
-) -> list[float]:
+def _durations(raw: pd.DataFrame, report: _Reporter, entry_time: list, exit_time: list) -> list[float]:
     """Minutes per session: the duration cell when given, else exit_time - entry_time; never negative."""
     cells = raw["duration"] if "duration" in raw else pd.Series([""] * len(raw), dtype=object)
     durations: list[float] = []

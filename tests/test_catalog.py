@@ -67,7 +67,7 @@ def test_invalid_entries_name_source_and_item(data: dict, fragment: str) -> None
 
 
 def test_load_missing_and_malformed_files(tmp_path: Path) -> None:
-    with pytest.raises(DataContractError, match="item_database.json: file not found"):
+    with pytest.raises(DataContractError, match=r"item_database\.json: file not found"):
         Catalog.load(tmp_path / "item_database.json")
     broken = tmp_path / "item_database.json"
     broken.write_text('{"A-1": {"category": "x", "price": 1},\n oops}')

@@ -58,9 +58,7 @@ def test_no_swap_for_other_category_or_dearer_item() -> None:
     for evidence in (other_category, dearer):
         assert evidence.swaps == ()
         assert [r.code for r in evidence_reasons(evidence)] == ["missing_items", "unexpected_items"]
-    assert evidence_reasons(dearer)[1].message == (
-        "1 item scanned out that was never scanned in: Dress-XL (€129.00)"
-    )
+    assert evidence_reasons(dearer)[1].message == ("1 item scanned out that was never scanned in: Dress-XL (€129.00)")
 
 
 def test_unknown_ids_are_valued_at_the_typical_price_and_named() -> None:

@@ -68,18 +68,24 @@ def test_time_is_read_in_store_zone_whatever_the_input_offset() -> None:
 def test_row_equals_frame_exactly(tmp_path: Path) -> None:
     sessions, catalog, _ = load_synthetic(tmp_path, 300, seed=4, timezone="Europe/Berlin")
     # An unknown id, an empty session and a category missing from the schema.
-    sessions.at[sessions.index[0], "entry_scans"] = ["ghost", "A-1"]
-    sessions.at[sessions.index[1], "entry_scans"] = []
+    scans = sessions["entry_scans"].tolist()
+    scans[0], scans[1] = ["ghost", "A-1"], []
+    sessions["entry_scans"] = scans
     builder = FeatureBuilder(catalog.categories[1:], timezone="Europe/Berlin")
     frame = builder.frame(sessions, catalog)
     rows = np.vstack(
-        [builder.row(items, t.to_pydatetime(), catalog)[0] for items, t in zip(sessions["entry_scans"], sessions["entry_time"])]
+        [
+            builder.row(items, t.to_pydatetime(), catalog)[0]
+            for items, t in zip(sessions["entry_scans"], sessions["entry_time"], strict=True)
+        ]
     )
     np.testing.assert_array_equal(frame, rows)
 
 
 def test_frame_of_no_sessions() -> None:
-    empty = pd.DataFrame({"entry_scans": pd.Series([], dtype=object), "entry_time": pd.Series([], dtype="datetime64[ns, UTC]")})
+    empty = pd.DataFrame(
+        {"entry_scans": pd.Series([], dtype=object), "entry_time": pd.Series([], dtype="datetime64[ns, UTC]")}
+    )
     builder = FeatureBuilder(CATALOG.categories)
     assert builder.frame(empty, CATALOG).shape == (0, len(builder.feature_names))
 

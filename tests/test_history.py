@@ -39,7 +39,7 @@ def test_loads_typed_frame(tmp_path: Path) -> None:
 
 def test_extra_columns_ignored_and_labels_optional(tmp_path: Path) -> None:
     header = "session_id,room_id,entry_time,entry_scans,exit_scans,duration,weather\n"
-    sessions = load_sessions(_write(tmp_path, 's1,r1,2024-03-01T10:00:00Z,[],[],3,sunny\n', header))
+    sessions = load_sessions(_write(tmp_path, "s1,r1,2024-03-01T10:00:00Z,[],[],3,sunny\n", header))
     assert sessions["is_anomaly"].isna().all()
     assert "weather" not in sessions
 
@@ -54,7 +54,10 @@ def test_extra_columns_ignored_and_labels_optional(tmp_path: Path) -> None:
         ('s2,r1,2024-03-01T10:00:00,"[]","[",5,,\n', "row 2 (line 3), column 'exit_scans'"),
         ('s2,r1,2024-03-01T10:00:00,"[]","[]",-3,,\n', "row 2 (line 3), column 'duration': negative duration"),
         ('s2,r1,2024-03-01T10:00:00,"[]","[]",abc,,\n', "column 'duration': 'abc' is not a number"),
-        ('s2,r1,2024-03-01T10:00:00,"[]","[]",,,\n', "row 2 (line 3), column 'duration': neither duration nor exit_time"),
+        (
+            's2,r1,2024-03-01T10:00:00,"[]","[]",,,\n',
+            "row 2 (line 3), column 'duration': neither duration nor exit_time",
+        ),
         ('s2,r1,2024-03-01T10:00:00,"[]","[]",,2024-03-01T09:00:00,\n', "column 'exit_time': exit_time is before"),
         ('s2,r1,2024-03-01T10:00:00,"[]","[]",5,,maybe\n', "row 2 (line 3), column 'is_anomaly'"),
         ('s1,r1,2024-03-01T10:00:00,"[]","[]",5,,\n', "row 2 (line 3), column 'session_id': 's1' repeats row 1"),
@@ -83,7 +86,7 @@ def test_column_errors(tmp_path: Path, header: str, fragment: str) -> None:
 
 
 def test_file_level_errors(tmp_path: Path) -> None:
-    with pytest.raises(DataContractError, match="historical_sessions.csv: file not found"):
+    with pytest.raises(DataContractError, match=r"historical_sessions\.csv: file not found"):
         load_sessions(tmp_path / "historical_sessions.csv")
     with pytest.raises(DataContractError, match="file is empty"):
         load_sessions(_write(tmp_path, "", header=""))
