@@ -20,8 +20,10 @@ adds surprisals (-log10 p) of four tests learned from the store's history: how r
 pattern is, whether the dearest item went missing, how far the stay exceeds the central part of
 the predicted distribution, and an IsolationForest fitted on sessions without hard evidence.
 With labels, a gradient-boosted classifier over the same features and surprisals joins them.
-The detector has no entry time (analyse() does not receive it), so hour-of-day patterns of
-theft are not used; the duration test is already conditional on the entry time.
+The local entry hour is a detector feature for the label-trained classifier only (theft is
+likelier late in the day); the unlabelled tests ignore it, because without labels a rare hour is
+not evidence of anything. analyse() takes the entry time optionally; without it the hour is
+missing and the classifier falls back to its learned default branch.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from datetime import datetime
 from pathlib import Path
 from statistics import NormalDist
 from typing import Any, TypeVar
+from zoneinfo import ZoneInfo
 
 import joblib
 import numpy as np
@@ -44,15 +47,14 @@ from sklearn.ensemble import (
     HistGradientBoostingClassifier,
     HistGradientBoostingRegressor,
     IsolationForest,
-    RandomForestRegressor,
 )
-from sklearn.metrics import average_precision_score, precision_recall_curve
+from sklearn.metrics import precision_recall_curve
 from sklearn.model_selection import KFold, StratifiedKFold
 
 from fitting_room.catalog import Catalog
 from fitting_room.errors import InvalidRequestError, ModelLoadError
 from fitting_room.evidence import Evidence, Reason, collect_evidence, evidence_reasons
-from fitting_room.features import ITEMS_COLUMN, FeatureBuilder
+from fitting_room.features import FeatureBuilder
 
 __all__ = [
     "QUANTILE_LEVELS",
@@ -346,9 +348,10 @@ DETECTOR_FEATURES: tuple[str, ...] = (
     "swap_value",  # price lost to probable tag swaps
     "n_items",
     "missing_rank",  # share of the other items cheaper than the dearest missing one (1 = dearest taken)
+    "entry_hour",  # store-local hour with minutes as a fraction; NaN when unknown (classifier only)
 )
 _Z, _Z_ROBUST, _N_MISSING, _N_UNEXPECTED, _N_SWAPS = 0, 1, 2, 3, 4
-_N_ITEMS, _MISSING_RANK = 8, 9
+_N_ITEMS, _MISSING_RANK, _HOUR = 8, 9, 10
 _BEHAVIOUR = (_Z_ROBUST, _N_ITEMS)  # what the IsolationForest sees
 _IQR_Z = 2.0 * NormalDist().inv_cdf(0.75)  # width of the central 50% of a standard normal
 RISK_LEVELS = ("low", "medium", "high")
@@ -433,13 +436,16 @@ class AnomalyDetector(_Persistent):
         duration: float,
         estimate: DurationEstimate,
         catalog: Catalog,
-        predictor: DurationPredictor,  # noqa: ARG002 - part of the service's interface; the estimate suffices
+        predictor: DurationPredictor,
+        entry_time: datetime | None = None,
     ) -> AnomalyResult:
-        """Verdict, score and reasons for a finished session of `duration` minutes."""
+        """Verdict, score and reasons for a finished session of `duration` minutes that began at `entry_time`."""
         evidence = collect_evidence(entry_scans, exit_scans, catalog)
         log_y = np.array([math.log(max(duration, MIN_DURATION))])
         log_grid = np.log(np.asarray(estimate.quantiles, dtype=float))[None, :]
-        features = _feature_rows(log_y, log_grid, [evidence])
+        # getattr: a wrapped or fast-path predictor may not carry the time zone; UTC is the default.
+        hour = np.array([_local_hour(entry_time, getattr(predictor, "timezone", "UTC"))])
+        features = _feature_rows(log_y, log_grid, [evidence], hour)
         score = float(self.score(features)[0])
         is_anomaly = bool(score >= self.threshold_)
         reasons = evidence_reasons(evidence, self.currency)
@@ -468,7 +474,8 @@ class AnomalyDetector(_Persistent):
             collect_evidence(entry, exit_, catalog)
             for entry, exit_ in zip(sessions["entry_scans"], sessions["exit_scans"], strict=True)
         ]
-        return _feature_rows(log_y, log_grid, evidence)
+        hours = np.array([_local_hour(t, predictor.timezone) for t in sessions["entry_time"]], dtype=float)
+        return _feature_rows(log_y, log_grid, evidence, hours)
 
     def risk_level(self, score: float) -> str:
         """Risk band of a score: high at or above the flag threshold, medium from the medium band, else low."""
@@ -565,8 +572,19 @@ class AnomalyDetector(_Persistent):
         return {"detector_features": list(DETECTOR_FEATURES)}
 
 
-def _feature_rows(log_y: np.ndarray, log_grid: np.ndarray, evidence: Sequence[Evidence]) -> np.ndarray:
-    """DETECTOR_FEATURES for sessions given log minutes, log quantile grids and their evidence."""
+def _local_hour(entry_time: datetime | None, timezone: str) -> float:
+    """Store-local hour of day with minutes as a fraction; NaN when the entry time is unknown."""
+    if entry_time is None or pd.isna(entry_time):
+        return math.nan
+    if entry_time.tzinfo is not None:
+        entry_time = entry_time.astimezone(ZoneInfo(timezone))
+    return entry_time.hour + entry_time.minute / 60.0
+
+
+def _feature_rows(
+    log_y: np.ndarray, log_grid: np.ndarray, evidence: Sequence[Evidence], hours: np.ndarray
+) -> np.ndarray:
+    """DETECTOR_FEATURES for sessions given log minutes, log quantile grids, their evidence and entry hours."""
     z = _z_from_grid(log_y, log_grid)
     lower, median, upper = (QUANTILE_LEVELS.index(p) for p in (0.25, 0.5, 0.75))
     spread = np.maximum(log_grid[:, upper] - log_grid[:, lower], 1e-9) / _IQR_Z
@@ -586,6 +604,7 @@ def _feature_rows(log_y: np.ndarray, log_grid: np.ndarray, evidence: Sequence[Ev
             ev.swap_value,
             len(ev.taken_in_prices),
             ev.dearest_missing_rank,
+            hours[i],
         )
     return rows
 
@@ -670,114 +689,3 @@ def _percent(quantile: float) -> str:
     if quantile >= 0.99:
         return f"{math.floor(quantile * 1000) / 10:g}%"
     return f"{math.floor(quantile * 100)}%"
-
-
-# ---------------------------------------------------------------------------------------------
-# Held-out evaluation (train.py writes these numbers to metrics.json)
-
-_ITEM_BUCKETS: tuple[tuple[str, int, int], ...] = (
-    ("0", 0, 0),
-    ("1", 1, 1),
-    ("2", 2, 2),
-    ("3", 3, 3),
-    ("4", 4, 4),
-    ("5", 5, 5),
-    ("6", 6, 6),
-    ("7-9", 7, 9),
-    ("10-12", 10, 12),
-    ("13+", 13, 10**9),
-)
-
-
-def evaluate_duration(
-    predictor: DurationPredictor, sessions: pd.DataFrame, catalog: Catalog, level: float = 0.9
-) -> dict[str, Any]:
-    """Held-out duration metrics: MAE (minutes, lower is better), interval coverage and width."""
-    median, low, high = predictor.estimate_frame(sessions, catalog, level)
-    y = sessions["duration"].to_numpy(dtype=float)
-    covered = (y >= low) & (y <= high)
-    n_items = sessions[ITEMS_COLUMN].map(len).to_numpy()
-    buckets = {}
-    for name, lo, hi in _ITEM_BUCKETS:
-        rows = (n_items >= lo) & (n_items <= hi)
-        if rows.any():
-            buckets[name] = {"sessions": int(rows.sum()), "coverage": float(covered[rows].mean())}
-    return {
-        "sessions": len(y),
-        "mae_minutes": float(np.mean(np.abs(y - median))),
-        "median_absolute_error_minutes": float(np.median(np.abs(y - median))),
-        "level": level,
-        "coverage": float(covered.mean()),
-        "coverage_by_item_count": buckets,
-        "mean_width_minutes": float(np.mean(high - low)),
-        "median_relative_width": float(np.median((high - low) / median)),
-    }
-
-
-def duration_baselines(train: pd.DataFrame, test: pd.DataFrame, catalog: Catalog, seed: int = 0) -> dict[str, float]:
-    """Held-out MAE (minutes) of simple predictors the model must beat."""
-    y_train = train["duration"].to_numpy(dtype=float)
-    y_test = test["duration"].to_numpy(dtype=float)
-    k_train = train[ITEMS_COLUMN].map(len).to_numpy()
-    k_test = test[ITEMS_COLUMN].map(len).to_numpy()
-    by_count = pd.Series(y_train).groupby(k_train).median()
-    fallback = float(np.median(y_train))
-    per_count = np.array([float(by_count.get(k, fallback)) for k in k_test])
-    forest = RandomForestRegressor(n_estimators=100, min_samples_leaf=5, random_state=seed, n_jobs=1)
-    forest.fit(_simple_features(train, catalog), np.log(np.maximum(y_train, MIN_DURATION)))
-    forest_median = np.exp(forest.predict(_simple_features(test, catalog)))
-    return {
-        "global_median_mae_minutes": float(np.mean(np.abs(y_test - fallback))),
-        "median_by_item_count_mae_minutes": float(np.mean(np.abs(y_test - per_count))),
-        "random_forest_simple_features_mae_minutes": float(np.mean(np.abs(y_test - forest_median))),
-    }
-
-
-def _simple_features(sessions: pd.DataFrame, catalog: Catalog) -> np.ndarray:
-    """Item count, total price, hour and weekday: the baseline forest's inputs."""
-    full = FeatureBuilder(catalog.categories).frame(sessions, catalog)
-    names = FeatureBuilder(catalog.categories).feature_names
-    return full[:, [names.index(c) for c in ("n_items", "price_sum", "hour", "weekday")]]
-
-
-def evaluate_anomaly(
-    detector: AnomalyDetector,
-    predictor: DurationPredictor,
-    train: pd.DataFrame,
-    test: pd.DataFrame,
-    catalog: Catalog,
-    seed: int = 0,
-) -> dict[str, Any] | None:
-    """Held-out anomaly metrics on labelled test sessions (None without both classes labelled).
-
-    PR-AUC is average precision (higher is better); baselines are the rule "any missing or
-    unexpected item" and an IsolationForest alone on all detector features.
-    """
-    known = test["is_anomaly"].notna().to_numpy() if "is_anomaly" in test else np.zeros(len(test), bool)
-    labelled = test[known]
-    y = labelled["is_anomaly"].astype(bool).to_numpy() if len(labelled) else np.array([], bool)
-    if y.sum() == 0 or (~y).sum() == 0:
-        return None
-    features = detector.session_features(labelled, catalog, predictor)
-    score = detector.score(features)
-    flagged = score >= detector.threshold_
-    forest = IsolationForest(n_estimators=100, random_state=seed)
-    forest.fit(detector.session_features(train, catalog, predictor))
-    precision, recall, _ = precision_recall_curve(y, score)
-    return {
-        "labelled_sessions": len(y),
-        "anomalies": int(y.sum()),
-        "supervised": detector.supervised_,
-        "pr_auc": float(average_precision_score(y, score)),
-        "precision_at_recall_0.8": float(precision[recall >= 0.8].max()),
-        "threshold": float(detector.threshold_),
-        "flagged_rate": float(flagged.mean()),
-        "precision": float(y[flagged].mean()) if flagged.any() else 0.0,
-        "recall": float(flagged[y].mean()),
-        "baselines": {
-            "rule_any_missing_or_unexpected_pr_auc": float(
-                average_precision_score(y, features[:, _N_MISSING : _N_UNEXPECTED + 1].any(axis=1).astype(float))
-            ),
-            "isolation_forest_alone_pr_auc": float(average_precision_score(y, -forest.score_samples(features))),
-        },
-    }

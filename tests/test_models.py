@@ -14,7 +14,7 @@ from threadpoolctl import threadpool_limits
 
 from fitting_room.catalog import Catalog
 from fitting_room.errors import InvalidRequestError, ModelLoadError
-from models import QUANTILE_LEVELS, AnomalyDetector, DurationEstimate, DurationPredictor
+from models import DETECTOR_FEATURES, QUANTILE_LEVELS, AnomalyDetector, DurationEstimate, DurationPredictor
 from tests.factories import load_synthetic
 
 N_TEST = 2000
@@ -220,3 +220,29 @@ def test_load_refuses_wrong_files(anomalous: tuple, tmp_path: Path) -> None:
     joblib.dump(envelope, path)
     with pytest.raises(ModelLoadError, match="another feature schema"):
         DurationPredictor.load(path)
+
+
+def test_entry_hour_reaches_the_classifier_the_same_way_from_history_and_analyse(anomalous: tuple) -> None:
+    predictor, sessions, _, catalog = anomalous
+    detector = AnomalyDetector(cv_folds=3).fit(sessions.iloc[:2500], catalog, predictor)
+    assert detector.supervised_
+    held_out = sessions.iloc[2500:2520]
+    features = detector.session_features(held_out, catalog, predictor)
+    hours = features[:, DETECTOR_FEATURES.index("entry_hour")]
+    local = [t.hour + t.minute / 60 for t in held_out["entry_time"]]
+    assert hours.tolist() == pytest.approx(local)
+    scores = detector.score(features)
+    for (_, row), score in zip(held_out.iterrows(), scores, strict=True):
+        estimate = predictor.estimate(row["entry_scans"], row["entry_time"].to_pydatetime(), catalog)
+        kwargs = {
+            "entry_scans": row["entry_scans"],
+            "exit_scans": row["exit_scans"],
+            "duration": row["duration"],
+            "estimate": estimate,
+            "catalog": catalog,
+            "predictor": predictor,
+        }
+        # A UTC entry time is converted to the store's zone before its hour is taken.
+        as_utc = row["entry_time"].to_pydatetime().astimezone(UTC)
+        assert detector.analyse(**kwargs, entry_time=as_utc).anomaly_score == pytest.approx(score, abs=1e-6)
+        assert 0.0 <= detector.analyse(**kwargs).anomaly_score <= 1.0  # the hour is optional

@@ -125,3 +125,39 @@ def test_trains_on_the_simulators_boutique_output(tmp_path: Path) -> None:
     assert metrics["data"]["sessions"] == 600
     assert 0.75 <= metrics["duration"]["coverage"] <= 1.0
     assert metrics["duration"]["mae_minutes"] < metrics["duration"]["baselines"]["global_median_mae_minutes"]
+
+
+def test_cli_trains_on_history_plus_the_store_history(tmp_path: Path) -> None:
+    from tests.test_store_history import fill_store
+
+    expected = fill_store(tmp_path / "state.db")
+    data, model_dir = _data(tmp_path / "data", n=200), tmp_path / "models"
+    result = _run_cli(
+        "--data-dir",
+        str(data),
+        "--model-dir",
+        str(model_dir),
+        "--include-store-history",
+        "--database",
+        str(tmp_path / "state.db"),
+        "--no-report",
+    )
+    assert result.returncode == 0, result.stderr
+    metrics = json.loads((model_dir / "metrics.json").read_text())
+    assert metrics["data"]["sessions"] == 200 + len(expected)
+    assert metrics["data"]["store_history_sessions"] == len(expected)
+    exported = (model_dir / "store_history.csv").read_text().splitlines()
+    assert len(exported) == 1 + len(expected)
+    # 1 theft from staff on top of the generated labels; unjudged store sessions stay unlabelled.
+    generated = sum(1 for line in (data / SESSIONS_FILE).read_text().splitlines() if ",true," in line)
+    assert metrics["data"]["labelled_anomalies"] == generated + 1
+    assert metrics["data"]["labelled_sessions"] == 200 + 3  # theft, false alarm, item found
+    assert not (model_dir / "report.html").exists()
+    assert "training" not in result.stderr, "no progress bar when stderr is not a terminal"
+
+
+def test_missing_store_database_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = _data(tmp_path / "data", n=60)
+    argv = ["--data-dir", str(data), "--model-dir", str(tmp_path / "m"), "--include-store-history"]
+    assert train.main([*argv, "--database", str(tmp_path / "none.db")]) == 2
+    assert "none.db: file not found" in capsys.readouterr().err
