@@ -52,5 +52,24 @@ browser-deps:
 		SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
 		$$SUDO apt-get update && $$SUDO apt-get install -y --no-install-recommends chromium fonts-liberation fonts-dejavu-core; }
 
+# Benchmarks: figures the README quotes. bench-replay: store-day replay (issue #4), a few minutes on 2 cores.
+.PHONY: bench-replay
+bench: bench-replay bench-inference bench-http bench-engine
+
+bench-replay: $(VENV)/.runtime
+	$(PY) -m benchmarks.bench_replay --out benchmarks/results
+
+# Issue #7: model inference per row (fast path vs scikit-learn), HTTP against GET / with wrk (Debian's package,
+# installed by the script when missing), and per-operation cost at 10 / 1,000 / 10,000 rooms.
+.PHONY: bench-inference bench-http bench-engine
+bench-inference: $(VENV)/.runtime data models
+	$(PY) -m benchmarks.bench_inference --out benchmarks/results
+
+bench-http: $(VENV)/.runtime data models
+	$(PY) -m benchmarks.bench_http --out benchmarks/results
+
+bench-engine: $(VENV)/.runtime
+	$(PY) -m benchmarks.bench_engine --out benchmarks/results
+
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

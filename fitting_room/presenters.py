@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from fitting_room.engine import Prediction, Session, SessionStatus
+from fitting_room.estimates import WaitInterval as ProjectedInterval
 from fitting_room.schemas import (
     AlertResponse,
     Anomaly,
@@ -19,6 +20,7 @@ from fitting_room.schemas import (
     RoomStatus,
     SessionRef,
     SessionResponse,
+    WaitInterval,
     WaitlistEntry,
 )
 from fitting_room.service import AnomalyLike, ExitResult, FloorView, RoomView, SessionView
@@ -28,6 +30,13 @@ from fitting_room.store import Alert
 def interval(prediction: Prediction) -> Interval:
     """The prediction's central interval."""
     return Interval(low=prediction.low, high=prediction.high, level=prediction.level)
+
+
+def wait_interval(projected: ProjectedInterval | None) -> WaitInterval | None:
+    """The projected wait's central interval, if the customer is waiting."""
+    if projected is None:
+        return None
+    return WaitInterval(low=projected.low, high=projected.high, level=projected.level)
 
 
 def prediction_response(prediction: Prediction) -> PredictDurationResponse:
@@ -50,6 +59,7 @@ def assignment_response(view: SessionView) -> AssignRoomResponse:
         predicted_duration=session.prediction.median,
         interval=interval(session.prediction),
         estimated_wait=0.0 if assigned else float(view.estimated_wait or 0.0),
+        wait_interval=None if assigned else wait_interval(view.wait_interval),
         position=None if assigned else view.position,
         unknown_item_ids=list(session.prediction.unknown_item_ids),
     )
@@ -97,6 +107,7 @@ def session_response(view: SessionView) -> SessionResponse:
         room_id=session.room_id,
         position=view.position,
         estimated_wait=view.estimated_wait if session.status is SessionStatus.WAITLISTED else None,
+        wait_interval=wait_interval(view.wait_interval) if session.status is SessionStatus.WAITLISTED else None,
         item_ids=list(session.item_ids),
         accessible=session.needs_accessible,
         arrived_at=session.arrived_at,
@@ -136,6 +147,7 @@ def floor_response(view: FloorView) -> RoomsStatusResponse:
                 session_id=w.session.session_id,
                 position=w.position or 0,
                 estimated_wait=w.estimated_wait or 0.0,
+                wait_interval=wait_interval(w.wait_interval) or WaitInterval(low=0.0, high=0.0, level=0.8),
                 arrived_at=w.session.arrived_at,
                 item_count=w.session.item_count,
                 accessible=w.session.needs_accessible,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, StringConstraints
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PlainSerializer, StringConstraints
 
 MAX_ITEMS_PER_REQUEST = 50
 
@@ -18,6 +18,18 @@ Identifier = Annotated[str, StringConstraints(strip_whitespace=True, min_length=
 # Timestamps leave the service as ISO 8601 with an explicit offset, never as a bare "Z" or naive time.
 Timestamp = Annotated[datetime, PlainSerializer(lambda d: d.isoformat(), return_type=str)]
 Minutes = Annotated[float, Field(ge=0, le=24 * 60)]
+EARLIEST_YEAR, LATEST_YEAR = 2000, 2100
+
+
+def _within_service_years(value: datetime) -> datetime:
+    """Refuse timestamps outside 2000-2100: near datetime's limits, offsets and durations would overflow."""
+    if not EARLIEST_YEAR <= value.year <= LATEST_YEAR:
+        raise ValueError(f"timestamps must lie in the years {EARLIEST_YEAR}-{LATEST_YEAR}")
+    return value
+
+
+# A timestamp a caller sends (ISO 8601; without an offset it is store-local), in the years 2000-2100.
+EventTime = Annotated[datetime, AfterValidator(_within_service_years)]
 
 EXAMPLE_ITEMS = ["sku-0042", "sku-0015"]
 EXAMPLE_TIME = "2026-12-04T14:30:00+00:00"
@@ -32,6 +44,16 @@ class Interval(BaseModel):
     level: float = Field(description="Nominal coverage, e.g. 0.9 for a 90% interval.", examples=[0.9])
 
 
+class WaitInterval(BaseModel):
+    """A central interval of a projected wait in minutes."""
+
+    low: float = Field(description="Lower bound, minutes.", examples=[2.5])
+    high: float = Field(description="Upper bound, minutes.", examples=[11.0])
+    level: float = Field(
+        description="Share of projected futures in which the wait falls inside, e.g. 0.8.", examples=[0.8]
+    )
+
+
 class PredictDurationRequest(BaseModel):
     """Items a customer carries in, and when."""
 
@@ -40,7 +62,7 @@ class PredictDurationRequest(BaseModel):
     item_ids: list[ItemId] = Field(
         min_length=1, max_length=MAX_ITEMS_PER_REQUEST, description="Scanned items.", examples=[EXAMPLE_ITEMS]
     )
-    entry_time: datetime | None = Field(
+    entry_time: EventTime | None = Field(
         None,
         description="Entry time (ISO 8601; without an offset it is store-local). Default: now.",
         examples=[EXAMPLE_TIME],
@@ -69,7 +91,7 @@ class AssignRoomRequest(BaseModel):
     item_ids: list[ItemId] = Field(
         min_length=1, max_length=MAX_ITEMS_PER_REQUEST, description="Scanned items.", examples=[EXAMPLE_ITEMS]
     )
-    timestamp: datetime | None = Field(
+    timestamp: EventTime | None = Field(
         None,
         description="The kiosk's scan time (event time, ISO 8601). Default: the server's clock.",
         examples=[EXAMPLE_TIME],
@@ -90,6 +112,7 @@ class AssignRoomResponse(BaseModel):
     estimated_wait: float = Field(
         description="Estimated minutes until a room is theirs; 0 when assigned.", examples=[0.0]
     )
+    wait_interval: WaitInterval | None = Field(description="80% interval of the wait; null when assigned.")
     position: int | None = Field(description="1-based place in line while waiting, else null.", examples=[None])
     unknown_item_ids: list[str] = Field(description="Items not in the item database.", examples=[[]])
 
@@ -143,8 +166,8 @@ class DetectAnomalyRequest(BaseModel):
     predicted_duration: Minutes | None = Field(
         None, description="Informational: the caller's prediction, minutes.", examples=[12.6]
     )
-    entry_time: datetime | None = Field(None, description="Entry time (ISO 8601).", examples=[EXAMPLE_TIME])
-    exit_time: datetime | None = Field(
+    entry_time: EventTime | None = Field(None, description="Entry time (ISO 8601).", examples=[EXAMPLE_TIME])
+    exit_time: EventTime | None = Field(
         None, description="Exit time (ISO 8601); the event time of the release.", examples=[None]
     )
 
@@ -185,6 +208,7 @@ class WaitlistEntry(BaseModel):
     session_id: str = Field(description="Session id.", examples=[EXAMPLE_SESSION])
     position: int = Field(description="1-based place in line.", examples=[1])
     estimated_wait: float = Field(description="Estimated minutes until a room is theirs.", examples=[4.5])
+    wait_interval: WaitInterval = Field(description="80% interval of the wait.")
     arrived_at: Timestamp = Field(description="When they joined the line.", examples=[EXAMPLE_TIME])
     item_count: int = Field(description="Items carried.", examples=[2])
     accessible: bool = Field(description="Needs an accessible room.", examples=[False])
@@ -209,6 +233,7 @@ class SessionResponse(BaseModel):
     room_id: str | None = Field(description="Room, once assigned.", examples=[None])
     position: int | None = Field(description="Place in line while waiting.", examples=[2])
     estimated_wait: float | None = Field(description="Minutes until a room, while waiting.", examples=[6.0])
+    wait_interval: WaitInterval | None = Field(description="80% interval of the wait, while waiting.")
     item_ids: list[str] = Field(description="Items carried in.", examples=[EXAMPLE_ITEMS])
     accessible: bool = Field(description="Needs an accessible room.", examples=[False])
     arrived_at: Timestamp = Field(description="Arrival at the kiosk.", examples=[EXAMPLE_TIME])

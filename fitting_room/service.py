@@ -14,9 +14,18 @@ from typing import Any, Protocol
 
 from fitting_room import engine
 from fitting_room.catalog import Catalog
-from fitting_room.engine import Floor, Prediction, Room, Rules, Session, SessionStatus
+from fitting_room.engine import (
+    Floor,
+    Prediction,
+    PredictionLike,
+    Room,
+    Rules,
+    Session,
+    SessionStatus,
+    minutes_between,
+)
 from fitting_room.errors import ConflictError, InvalidRequestError, NotFoundError
-from fitting_room.estimates import Projection, minutes_between, project
+from fitting_room.estimates import Projection, WaitInterval, project
 from fitting_room.store import Alert, Completion, Store
 
 ALERT_OUTCOMES = ("theft", "false_alarm", "item_found")
@@ -27,7 +36,7 @@ class DurationModel(Protocol):
 
     def estimate(
         self, item_ids: Sequence[str], entry_time: datetime, catalog: Catalog, level: float = 0.9
-    ) -> Prediction:
+    ) -> PredictionLike:
         """Predicted duration distribution for a basket entering at `entry_time`."""
         ...
 
@@ -89,7 +98,8 @@ class AnomalyModel(Protocol):
         entry_scans: Sequence[str],
         exit_scans: Sequence[str],
         duration: float,
-        estimate: Prediction,
+        # The stored Prediction; models.py names its own estimate type, with the same fields.
+        estimate: Any,
         catalog: Catalog,
         predictor: Any,
     ) -> AnomalyLike:
@@ -104,6 +114,7 @@ class SessionView:
     session: Session
     position: int | None = None
     estimated_wait: float | None = None
+    wait_interval: WaitInterval | None = None
     completion: Completion | None = None
 
 
@@ -179,7 +190,7 @@ class FittingRoomService:
 
     def predict(self, item_ids: Sequence[str], entry_time: datetime, level: float = 0.9) -> Prediction:
         """Predicted duration (minutes) of a session with these items entering at `entry_time`."""
-        return self.predictor.estimate(item_ids, entry_time, self.catalog, level)
+        return Prediction.of(self.predictor.estimate(item_ids, entry_time, self.catalog, level))
 
     def assign(self, item_ids: Sequence[str], needs_accessible: bool, now: datetime) -> SessionView:
         """Give an arriving customer the best free room, or a durable place in line."""
@@ -226,7 +237,8 @@ class FittingRoomService:
         rooms = [self._room_view(floor, room, projection, at) for room in floor.rooms.values()]
         positions = floor.positions()
         waitlist = [
-            SessionView(s, positions[s.session_id], projection.waits[s.session_id]) for s in floor.waitlist()
+            SessionView(s, positions[s.session_id], projection.waits[s.session_id], projection.intervals[s.session_id])
+            for s in floor.waitlist()
         ]
         return FloorView(at=at, rooms=rooms, waitlist=waitlist)
 
@@ -344,6 +356,7 @@ class FittingRoomService:
             session=session,
             position=floor.positions()[session.session_id],
             estimated_wait=projection.waits[session.session_id],
+            wait_interval=projection.intervals[session.session_id],
         )
 
     @staticmethod
@@ -361,9 +374,7 @@ class FittingRoomService:
             raise NotFoundError(f"unknown session {session_id!r}")
 
 
-def _exit_time_and_duration(
-    report: ExitReport, entry_time: datetime | None, now: datetime
-) -> tuple[datetime, float]:
+def _exit_time_and_duration(report: ExitReport, entry_time: datetime | None, now: datetime) -> tuple[datetime, float]:
     """Exit time is exit_time, else entry + actual_duration, else now; duration follows from them."""
     if report.actual_duration is None and entry_time is None:
         raise InvalidRequestError("give actual_duration, or entry_time with exit_time")

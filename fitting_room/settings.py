@@ -39,7 +39,16 @@ class Settings(BaseSettings):
         description='JSON {"<key>": "kiosk" | "staff" | "admin"}; unset means the service runs open.',
     )
     max_passes: int = Field(
-        3, ge=0, description="How often a waiting customer may be overtaken before rooms are held."
+        3,
+        ge=0,
+        description="How often a room that was a waiting customer's turn may go to someone else before the next "
+        "fitting room is held for them.",
+    )
+    express_aging: float = Field(
+        2.0,
+        ge=0,
+        description="express: once a customer has waited this multiple of a FIFO newcomer's wait, serve them in "
+        "arrival order; 0 switches the cap off.",
     )
 
     @field_validator("timezone")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from fitting_room import engine
@@ -161,3 +163,123 @@ def test_express_serves_shortest_predicted_first_and_bounds_overtaking(new):
     assert served[:2] == [quick[0].session_id, quick[1].session_id]
     assert served[2] == slow.session_id, "after max_passes overtakes the next fitting room is held"
     assert slow.passed_over == 2
+
+
+def test_accessible_need_with_too_many_items_names_the_largest_accessible_room(new):
+    floor = make_floor(("acc", 6, True), ("big", 12, False))
+    with pytest.raises(InvalidRequestError, match="do not fit any accessible room: the largest takes 6 items"):
+        engine.admit(floor, new(items=8, accessible=True), at(0))
+    assert floor.active == {}
+
+
+def test_only_the_customer_whose_turn_it_was_is_passed_over(new):
+    floor = make_floor(("a", 6, False))
+    engine.admit(floor, new(minutes=10), at(0))
+    first, second = new(minutes=60), new(minutes=60)
+    quick = new(minutes=5)
+    for s in (first, second, quick):
+        engine.admit(floor, s, at(1))
+    rules = Rules(policy=Policy.EXPRESS, express_aging=None)
+    occupant = floor.rooms["a"].session_id or ""
+    changes = engine.release(floor, occupant, "a", at(10), rules)
+    assert changes.promoted == [quick.session_id]
+    assert (first.passed_over, second.passed_over) == (1, 0), "the room was the first waiter's turn, not the second's"
+    assert first.session_id in changes.sessions, "the pass is persisted"
+
+
+def test_passes_are_only_counted_for_rooms_that_fit(new):
+    floor = make_floor(("small", 2, False), ("big", 10, False))
+    engine.admit(floor, new(items=2, minutes=10), at(0))
+    engine.admit(floor, new(items=9, minutes=30), at(0))
+    bulky, light = new(items=9, minutes=5), new(items=1, minutes=1)
+    engine.admit(floor, bulky, at(1))
+    engine.admit(floor, light, at(2))
+    occupant = floor.rooms["small"].session_id or ""
+    engine.release(floor, occupant, "small", at(10), Rules(policy=Policy.EXPRESS))
+    assert light.room_id == "small"
+    assert bulky.passed_over == 0, "a room that never fitted the bulky basket was not theirs to lose"
+
+
+def test_express_aging_serves_a_long_waiter_before_shorter_sessions(new):
+    # The long waiter has waited 100 min; a FIFO newcomer now would wait 30 + 5 = 35 min: 100 >= 2 x 35.
+    rules = Rules(policy=Policy.EXPRESS, max_passes=100, express_aging=2.0)
+    served = {}
+    for aging in (2.0, None):
+        floor = make_floor(("a", 6, False))
+        occupant = new(minutes=100)
+        engine.admit(floor, occupant, at(0))
+        patient, quick = new(minutes=30), new(minutes=5)
+        engine.admit(floor, patient, at(0))
+        engine.admit(floor, quick, at(99))
+        changes = engine.release(floor, occupant.session_id, "a", at(100), replace(rules, express_aging=aging))
+        served[aging] = (changes.promoted, patient.session_id, quick.session_id)
+    promoted, patient_id, _ = served[2.0]
+    assert promoted == [patient_id], "past the aging cap the long waiter goes first"
+    promoted, _, quick_id = served[None]
+    assert promoted == [quick_id], "without the cap express serves the shortest session"
+
+
+def test_aging_never_applies_under_fifo(new):
+    floor = make_floor(("a", 6, False))
+    engine.admit(floor, new(minutes=100), at(0))
+    for s in (new(minutes=30), new(minutes=5)):
+        engine.admit(floor, s, at(0))
+    assert engine.aging_due(floor, at(500), Rules(policy=Policy.FIFO)) == frozenset()
+
+
+def test_arrival_earlier_than_the_free_rooms_last_event_is_refused_and_changes_nothing(new):
+    floor = make_floor(("a", 6, False))
+    s = new()
+    engine.admit(floor, s, at(0))
+    engine.release(floor, s.session_id, "a", at(10), FIFO)
+    late_report = new()
+    with pytest.raises(InvalidRequestError, match=r"arrival at .* is earlier than the last event"):
+        engine.admit(floor, late_report, at(5))
+    assert floor.active == {} and floor.rooms["a"].is_free
+
+
+def test_exit_earlier_than_the_arrival_of_whoever_gets_the_room_is_refused(new):
+    floor = make_floor(("a", 6, False))
+    inside, waiting = new(), new()
+    engine.admit(floor, inside, at(0))
+    engine.admit(floor, waiting, at(10))
+    with pytest.raises(InvalidRequestError, match=r"exit at .* is earlier than the last event"):
+        engine.release(floor, inside.session_id, "a", at(8), FIFO)
+    assert inside.status is SessionStatus.ASSIGNED and floor.rooms["a"].session_id == inside.session_id
+    assert waiting.status is SessionStatus.WAITLISTED
+    engine.release(floor, inside.session_id, "a", at(12), FIFO)
+    assert waiting.room_id == "a" and waiting.assigned_at == at(12)
+
+
+def test_cancellation_earlier_than_the_arrival_is_refused(new):
+    floor = make_floor(("a", 6, False))
+    engine.admit(floor, new(), at(0))
+    waiting = new()
+    engine.admit(floor, waiting, at(10))
+    with pytest.raises(InvalidRequestError, match=r"cancellation at .* is earlier than the last event"):
+        engine.cancel(floor, waiting.session_id, at(9))
+    assert floor.positions() == {waiting.session_id: 1}
+
+
+def test_point_schedule_against_a_hand_computed_one(new):
+    # Room a (4 items) frees at 10, room b (10 items) at 20; every session lasts 5 minutes.
+    floor = make_floor(("a", 4, False), ("b", 10, False))
+    engine.admit(floor, new(items=2, minutes=10), at(0))
+    engine.admit(floor, new(items=8, minutes=20), at(0))
+    s1, bulky, s3 = new(items=2, minutes=5), new(items=8, minutes=5), new(items=2, minutes=5)
+    for s in (s1, bulky, s3):
+        engine.admit(floor, s, at(1))
+    schedule = engine.list_schedule(
+        floor,
+        at(4),
+        engine.promotion_order(floor.waitlist(), FIFO),
+        engine.expected_remaining,
+        engine.expected_duration,
+    )
+    assert schedule.room_free_in == {"a": pytest.approx(6), "b": pytest.approx(16)}
+    assert schedule.starts == {
+        s1.session_id: pytest.approx(6),  # a at 10
+        s3.session_id: pytest.approx(11),  # a again at 15: the bulky basket does not fit a
+        bulky.session_id: pytest.approx(16),  # b at 20
+    }
+    assert schedule.join_wait(floor, bulky) == pytest.approx(21)
