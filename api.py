@@ -18,6 +18,7 @@ from fastapi import Path as PathParam
 from fastapi.responses import JSONResponse, Response
 from fastapi.security import APIKeyHeader, APIKeyQuery
 from pydantic import BaseModel
+from threadpoolctl import threadpool_limits
 
 from fitting_room import __version__, presenters
 from fitting_room.auth import KeyRing, Role, authorize
@@ -48,6 +49,7 @@ from fitting_room.schemas import (
     DetectAnomalyRequest,
     DetectAnomalyResponse,
     ErrorResponse,
+    EventTime,
     HealthResponse,
     LoadedModelsResponse,
     PredictDurationRequest,
@@ -151,10 +153,10 @@ def open_state(settings: Settings, metrics: Metrics) -> AppState:
         kept = tx.sync_rooms(load_rooms(settings.rooms_file))
     if kept:
         logger.warning("rooms %s are no longer configured but occupied; kept until released", kept)
-    rules = Rules(policy=settings.policy, max_passes=settings.max_passes)
+    rules = Rules(policy=settings.policy, max_passes=settings.max_passes, express_aging=settings.express_aging or None)
     service = FittingRoomService(store, rules, catalog, UnavailableModel("loading"), UnavailableModel("loading"))
     status = swap_models(service, settings.model_dir, metrics)
-    metrics.watch_waitlist(lambda: len(service.floor_status(datetime.now(UTC)).waitlist))
+    metrics.watch_waitlist(service.waitlist_length)
     return AppState(settings, service, keyring, metrics, status)
 
 
@@ -180,6 +182,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         configure_logging()
+        # One row per request: OpenMP's thread start-up costs more than the work it would split.
+        threadpool_limits(limits=1)
         state = open_state(settings or Settings(), metrics)
         app.state.ctx = state
         try:
@@ -216,7 +220,7 @@ def get_state(request: Request) -> AppState:
 
 State = Annotated[AppState, Depends(get_state)]
 SessionId = Annotated[str, PathParam(min_length=1, max_length=64, description="Session id.")]
-At = Annotated[datetime | None, Query(description="Project estimates as of this time (ISO 8601).")]
+At = Annotated[EventTime | None, Query(description="Project estimates as of this time (ISO 8601, years 2000-2100).")]
 IdempotencyKey = Annotated[
     str | None,
     Header(

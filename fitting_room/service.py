@@ -102,6 +102,7 @@ class AnomalyModel(Protocol):
         estimate: Any,
         catalog: Catalog,
         predictor: Any,
+        entry_time: datetime | None = None,
     ) -> AnomalyLike:
         """Check one finished session."""
         ...
@@ -242,6 +243,11 @@ class FittingRoomService:
         ]
         return FloorView(at=at, rooms=rooms, waitlist=waitlist)
 
+    def waitlist_length(self) -> int:
+        """Number of customers waiting right now (cheap: no projection)."""
+        with self.store.read() as tx:
+            return tx.count_waiting()
+
     def check_exit(self, report: ExitReport, now: datetime) -> ExitResult:
         """Analyse a finished session; if it is the one in that room, complete it and free the room."""
         with self.store.read() as tx:
@@ -277,7 +283,7 @@ class FittingRoomService:
         exit_time, duration = _exit_time_and_duration(report, report.entry_time, now)
         entry_time = report.entry_time or exit_time - timedelta(minutes=duration)
         estimate = self.predict(report.entry_scans, entry_time)
-        anomaly = self._analyse(report.entry_scans, report.exit_scans, duration, estimate)
+        anomaly = self._analyse(report.entry_scans, report.exit_scans, duration, estimate, entry_time)
         return ExitResult(
             session_id=report.session_id,
             anomaly=anomaly,
@@ -299,7 +305,9 @@ class FittingRoomService:
                 raise ConflictError(f"session {report.session_id!r} is {where}, not in {report.room_id!r}")
             assert session.assigned_at is not None
             exit_time, duration = _exit_time_and_duration(report, session.assigned_at, now)
-            anomaly = self._analyse(session.item_ids, report.exit_scans, duration, session.prediction)
+            anomaly = self._analyse(
+                session.item_ids, report.exit_scans, duration, session.prediction, session.assigned_at
+            )
             changes = engine.release(floor, session.session_id, report.room_id, exit_time, self.rules)
             tx.save(floor, changes, ended=[session])
             tx.record_completion(
@@ -319,7 +327,12 @@ class FittingRoomService:
         )
 
     def _analyse(
-        self, entry_scans: Sequence[str], exit_scans: Sequence[str], duration: float, estimate: Prediction
+        self,
+        entry_scans: Sequence[str],
+        exit_scans: Sequence[str],
+        duration: float,
+        estimate: Prediction,
+        entry_time: datetime,
     ) -> AnomalyLike:
         return self.detector.analyse(
             entry_scans=entry_scans,
@@ -328,6 +341,7 @@ class FittingRoomService:
             estimate=estimate,
             catalog=self.catalog,
             predictor=self.predictor,
+            entry_time=entry_time,
         )
 
     @staticmethod

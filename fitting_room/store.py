@@ -296,18 +296,14 @@ class Transaction:
 
     def ensure_store_row(self) -> None:
         """Insert this store's state row if it is missing."""
-        found = self.conn.execute(
-            select(store_state.c.store_id).where(store_state.c.store_id == self.store_id)
-        ).first()
+        found = self.conn.execute(select(store_state.c.store_id).where(store_state.c.store_id == self.store_id)).first()
         if found is None:
             self.conn.execute(insert(store_state).values(store_id=self.store_id, next_queue_seq=1))
 
     def lock_store(self) -> None:
         """Lock the store's state row (FOR UPDATE where the database has it) for this transaction."""
         self.conn.execute(
-            select(store_state.c.next_queue_seq)
-            .where(store_state.c.store_id == self.store_id)
-            .with_for_update()
+            select(store_state.c.next_queue_seq).where(store_state.c.store_id == self.store_id).with_for_update()
         )
 
     def sync_rooms(self, specs: Sequence[RoomSpec]) -> list[str]:
@@ -321,9 +317,7 @@ class Transaction:
                 "attributes": dict(spec.attributes),
             }
             if spec.room_id in existing:
-                self.conn.execute(
-                    update(rooms_table).where(rooms_table.c.room_id == spec.room_id).values(**values)
-                )
+                self.conn.execute(update(rooms_table).where(rooms_table.c.room_id == spec.room_id).values(**values))
             else:
                 self.conn.execute(insert(rooms_table).values(room_id=spec.room_id, **values))
         kept = []
@@ -364,9 +358,7 @@ class Transaction:
             values = _session_values(session)
             if session.session_id in known:
                 self.conn.execute(
-                    update(sessions_table)
-                    .where(sessions_table.c.session_id == session.session_id)
-                    .values(**values)
+                    update(sessions_table).where(sessions_table.c.session_id == session.session_id).values(**values)
                 )
             else:
                 self.conn.execute(insert(sessions_table).values(session_id=session.session_id, **values))
@@ -408,17 +400,13 @@ class Transaction:
 
     def last_event_id(self) -> int:
         """Id of the newest event, 0 when there is none."""
-        return int(
-            self.conn.execute(select(func.coalesce(func.max(events_table.c.event_id), 0))).scalar_one()
-        )
+        return int(self.conn.execute(select(func.coalesce(func.max(events_table.c.event_id), 0))).scalar_one())
 
     def _existing_session_ids(self, ids: Iterable[str]) -> set[str]:
         wanted = list(ids)
         if not wanted:
             return set()
-        rows = self.conn.execute(
-            select(sessions_table.c.session_id).where(sessions_table.c.session_id.in_(wanted))
-        )
+        rows = self.conn.execute(select(sessions_table.c.session_id).where(sessions_table.c.session_id.in_(wanted)))
         return {r[0] for r in rows}
 
     def get_idempotency(self, key: str) -> tuple[str, dict[str, Any]] | None:
@@ -490,18 +478,12 @@ class Transaction:
         query = select(alerts_table)
         if status is not None:
             query = query.where(alerts_table.c.status == status)
-        query = query.order_by(
-            (alerts_table.c.status == "open").desc(), alerts_table.c.raised_at.desc()
-        ).limit(limit)
+        query = query.order_by((alerts_table.c.status == "open").desc(), alerts_table.c.raised_at.desc()).limit(limit)
         return [_alert_from_row(r) for r in self.conn.execute(query).mappings()]
 
     def get_alert(self, alert_id: int) -> Alert:
         """One alert; NotFoundError if unknown."""
-        row = (
-            self.conn.execute(select(alerts_table).where(alerts_table.c.alert_id == alert_id))
-            .mappings()
-            .first()
-        )
+        row = self.conn.execute(select(alerts_table).where(alerts_table.c.alert_id == alert_id)).mappings().first()
         if row is None:
             raise NotFoundError(f"unknown alert {alert_id}")
         return _alert_from_row(row)
@@ -526,11 +508,14 @@ class Transaction:
         )
         return [dict(r) for r in self.conn.execute(query).mappings()]
 
+    def count_waiting(self) -> int:
+        """Number of waitlisted sessions."""
+        query = select(func.count()).where(sessions_table.c.status == SessionStatus.WAITLISTED.value)
+        return int(self.conn.execute(query).scalar_one())
+
     def count_sessions(self) -> dict[str, int]:
         """Number of sessions in each status."""
-        rows = self.conn.execute(
-            select(sessions_table.c.status, func.count()).group_by(sessions_table.c.status)
-        )
+        rows = self.conn.execute(select(sessions_table.c.status, func.count()).group_by(sessions_table.c.status))
         return {status: int(n) for status, n in rows}
 
 

@@ -65,6 +65,7 @@ class FakeDetector:
         estimate: Prediction,
         catalog: Catalog,
         predictor: Any,
+        entry_time: datetime | None = None,
     ) -> FakeResult:
         missing = sorted(set(entry_scans) - set(exit_scans))
         unexpected = sorted(set(exit_scans) - set(entry_scans))
