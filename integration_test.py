@@ -86,9 +86,7 @@ class Scenario:
         check(len(self.seated) <= free, f"{len(self.seated)} seated but only {free} rooms were free")
         after = self.client.call("GET", "/rooms/status")
         still_free = [
-            r["room_id"]
-            for r in after["rooms"]
-            if r["status"] == "available" and r["max_items"] >= len(ITEMS)
+            r["room_id"] for r in after["rooms"] if r["status"] == "available" and r["max_items"] >= len(ITEMS)
         ]
         check(not still_free, f"rooms {still_free} fit the basket but stay free while a customer waits")
         session = self.client.call("GET", f"/sessions/{self.waiting}")
@@ -163,9 +161,7 @@ class Scenario:
                     json={"session_id": session_id, "room_id": session["room_id"], "exit_scans": ITEMS},
                 )
         leftovers = [
-            s
-            for s in self.mine
-            if self.client.call("GET", f"/sessions/{s}")["status"] in ("waitlisted", "assigned")
+            s for s in self.mine if self.client.call("GET", f"/sessions/{s}")["status"] in ("waitlisted", "assigned")
         ]
         check(not leftovers, f"sessions left behind: {leftovers}")
 
@@ -203,9 +199,7 @@ def run(base_url: str, api_key: str | None = None) -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point."""
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--base-url", default="http://127.0.0.1:8000", help="server to test")
     parser.add_argument("--api-key", default=None, help="X-API-Key to send, when keys are configured")
     args = parser.parse_args(argv)

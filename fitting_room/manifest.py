@@ -72,4 +72,3 @@ def verify_artifact(model_dir: Path, name: str, manifest: Mapping[str, Any]) -> 
             "refusing to unpickle it"
         )
     return path
-

@@ -46,9 +46,7 @@ class Metrics:
             ["model", "version"],
             registry=self.registry,
         )
-        self.waitlist = Gauge(
-            "fitting_room_waitlist_length", "Customers waiting for a room.", registry=self.registry
-        )
+        self.waitlist = Gauge("fitting_room_waitlist_length", "Customers waiting for a room.", registry=self.registry)
 
     def watch_waitlist(self, read_length: Callable[[], int]) -> None:
         """Read the waitlist length from the store at scrape time."""

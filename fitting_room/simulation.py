@@ -258,9 +258,7 @@ DEFAULT_PROFILE = Profile(
     session_id_prefix="sess-",
     categories=(
         CategorySpec("tops", 0.24, 25.0, 0.35, 3.0, _CLOTHING_SIZES, ("t-shirt", "blouse", "top")),
-        CategorySpec(
-            "trousers", 0.16, 45.0, 0.30, 4.5, ("W28", "W30", "W32", "W34", "W36"), ("jeans", "chinos")
-        ),
+        CategorySpec("trousers", 0.16, 45.0, 0.30, 4.5, ("W28", "W30", "W32", "W34", "W36"), ("jeans", "chinos")),
         CategorySpec("dresses", 0.14, 55.0, 0.40, 5.0, _EU_SIZES, ("dress", "maxi dress")),
         CategorySpec("jackets", 0.09, 90.0, 0.40, 4.0, _CLOTHING_SIZES, ("jacket", "parka")),
         CategorySpec("skirts", 0.08, 35.0, 0.30, 3.5, _EU_SIZES, ("skirt", "mini skirt")),
@@ -591,9 +589,7 @@ def _swap_slots(catalog: Catalog, items: IntArray) -> tuple[BoolArray, IntArray]
     )
     key = group * rank_span + rank
     flat = np.sort(key, axis=1).ravel()
-    cheaper_inside = np.searchsorted(flat, key, side="left") - np.searchsorted(
-        flat, group * rank_span, side="left"
-    )
+    cheaper_inside = np.searchsorted(flat, key, side="left") - np.searchsorted(flat, group * rank_span, side="left")
     available = np.where(valid, rank - cheaper_inside, 0).astype(np.int64)
     return available > 0, available
 
@@ -604,9 +600,7 @@ def _hour_index(profile: Profile, hour: IntArray) -> IntArray:
     return np.clip(hour - profile.open_hour, 0, n_hours - 1).astype(np.int64)
 
 
-def _covariates(
-    profile: Profile, catalog: Catalog, items: IntArray, hour: IntArray, weekday: IntArray
-) -> _Covariates:
+def _covariates(profile: Profile, catalog: Catalog, items: IntArray, hour: IntArray, weekday: IntArray) -> _Covariates:
     """Base duration, noise sigma and mixture weights from baskets and local entry clock."""
     valid = items >= 0
     n = valid.sum(axis=1)
@@ -789,9 +783,7 @@ def true_median(
     return true_quantiles(profile, catalog, item_lists, entry_times, (0.5,), mixture)[:, 0]
 
 
-def _quantiles_from_covariates(
-    profile: Profile, cov: _Covariates, probs: Sequence[float], mixture: bool
-) -> FloatArray:
+def _quantiles_from_covariates(profile: Profile, cov: _Covariates, probs: Sequence[float], mixture: bool) -> FloatArray:
     """Quantiles in minutes for precomputed covariates."""
     if mixture:
         logq = _mixture_log_quantiles(profile, cov.sigma, cov.weights, probs)
@@ -956,9 +948,7 @@ def _open_days(profile: Profile, first: int, n_days: int) -> tuple[IntArray, Int
     return arr, (start_weekday + arr) % 7
 
 
-def _schedule(
-    profile: Profile, catalog: Catalog, n_sessions: int, rng: np.random.Generator
-) -> tuple[_Raw, IntArray]:
+def _schedule(profile: Profile, catalog: Catalog, n_sessions: int, rng: np.random.Generator) -> tuple[_Raw, IntArray]:
     """Simulate whole days until `n_sessions` exist; return the first ones and day offsets."""
     parts: list[_Raw] = []
     offsets: list[IntArray] = []
@@ -981,9 +971,7 @@ def _schedule(
     return _take(raw, order), day_offsets
 
 
-def _apply_events(
-    profile: Profile, catalog: Catalog, raw: _Raw, rng: np.random.Generator
-) -> tuple[IntArray, IntArray]:
+def _apply_events(profile: Profile, catalog: Catalog, raw: _Raw, rng: np.random.Generator) -> tuple[IntArray, IntArray]:
     """Exit-scan matrix after thefts, tag swaps and benign misses; and benign event codes."""
     items = raw.items
     valid = items >= 0
@@ -1088,9 +1076,7 @@ def generate(
     """Simulate a catalogue and `n_sessions` finished sessions with their ground truth."""
     if n_sessions < 1:
         raise InvalidRequestError("n_sessions must be at least 1")
-    catalog_rng, schedule_rng, event_rng = (
-        np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(3)
-    )
+    catalog_rng, schedule_rng, event_rng = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(3))
     catalog = make_catalog(profile, n_items, catalog_rng)
     raw, day_offsets = _schedule(profile, catalog, n_sessions, schedule_rng)
     exit_items, benign = _apply_events(profile, catalog, raw, event_rng)

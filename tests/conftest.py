@@ -19,9 +19,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 def run_script(*args: str) -> subprocess.CompletedProcess[str]:
     """Run one of the repository's scripts with this interpreter; fail the test with its output."""
-    result = subprocess.run(
-        [sys.executable, *args], cwd=REPO, capture_output=True, text=True, timeout=600, check=False
-    )
+    result = subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True, timeout=600, check=False)
     assert result.returncode == 0, f"{args[0]} failed:\n{result.stdout}\n{result.stderr}"
     return result
 
@@ -59,9 +57,7 @@ def client(artifacts: Artifacts, tmp_path: Path) -> Iterator[TestClient]:
     from api import create_app
     from fitting_room.settings import Settings
 
-    settings = Settings(
-        data_dir=artifacts.data_dir, model_dir=artifacts.model_dir, database=str(tmp_path / "state.db")
-    )
+    settings = Settings(data_dir=artifacts.data_dir, model_dir=artifacts.model_dir, database=str(tmp_path / "state.db"))
     with TestClient(create_app(settings)) as test_client:
         yield test_client
 

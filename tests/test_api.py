@@ -71,9 +71,7 @@ def test_docs_describe_every_field_with_examples(client: TestClient):
 
 
 def test_predict_duration_readme_body(client: TestClient):
-    response = client.post(
-        "/predict_duration", json={"item_ids": ITEMS, "entry_time": "2026-12-04T14:30:00+00:00"}
-    )
+    response = client.post("/predict_duration", json={"item_ids": ITEMS, "entry_time": "2026-12-04T14:30:00+00:00"})
     assert response.status_code == 200, response.text
     body = response.json()
     assert body["interval"]["low"] <= body["predicted_duration"] <= body["interval"]["high"]
@@ -84,10 +82,7 @@ def test_predict_duration_readme_body(client: TestClient):
 def test_predict_duration_level_and_unknown_and_case_variants(client: TestClient):
     wide = client.post("/predict_duration", json={"item_ids": ITEMS, "level": 0.99}).json()
     narrow = client.post("/predict_duration", json={"item_ids": ITEMS, "level": 0.5}).json()
-    assert (
-        wide["interval"]["high"] - wide["interval"]["low"]
-        > narrow["interval"]["high"] - narrow["interval"]["low"]
-    )
+    assert wide["interval"]["high"] - wide["interval"]["low"] > narrow["interval"]["high"] - narrow["interval"]["low"]
     variant = client.post("/predict_duration", json={"item_ids": [" SKU-0042", "sku-0015 "]}).json()
     assert variant["unknown_item_ids"] == []
     unknown = client.post("/predict_duration", json={"item_ids": ["sku-0042", "no-such-item"]}).json()
@@ -210,9 +205,7 @@ def test_readme_anomaly_example_is_analysis_only(client: TestClient):
         ({"exit_scans": ["sku-0001"] * 51}, 422, "at most 50"),
     ],
 )
-def test_detect_anomaly_errors_change_nothing(
-    client: TestClient, change: dict[str, Any], status: int, fragment: str
-):
+def test_detect_anomaly_errors_change_nothing(client: TestClient, change: dict[str, Any], status: int, fragment: str):
     fill_rooms(client)
     before = floor(client)
     response = client.post("/detect_anomaly", json={**README_ANOMALY_BODY, **change})

@@ -43,9 +43,7 @@ def test_state_survives_kill_9(artifacts: Artifacts, tmp_path: Path):
     server = LiveServer(env).start()
     try:
         url = server.base_url
-        bodies = [
-            requests.post(f"{url}/assign_room", json={"item_ids": ITEMS}, timeout=30).json() for _ in range(9)
-        ]
+        bodies = [requests.post(f"{url}/assign_room", json={"item_ids": ITEMS}, timeout=30).json() for _ in range(9)]
         requests.post(f"{url}/sessions/{bodies[7]['session_id']}/cancel", timeout=30).raise_for_status()
         first = bodies[0]
         released = requests.post(

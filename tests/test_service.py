@@ -146,9 +146,7 @@ def test_exit_before_entry_is_refused(service: FittingRoomService):
 def test_unknown_session_is_analysed_without_state_change(service: FittingRoomService):
     fill(service, 2)
     before = snapshot(service)
-    report = ExitReport(
-        "some-unique-session-id", "room_1", exit_scans=[], entry_scans=ITEMS, actual_duration=4
-    )
+    report = ExitReport("some-unique-session-id", "room_1", exit_scans=[], entry_scans=ITEMS, actual_duration=4)
     result = service.check_exit(report, at(5))
     assert result.anomaly.missing_items == ITEMS and not result.room_released
     assert snapshot(service) == before

@@ -190,9 +190,7 @@ def test_thefts_take_more_expensive_items_than_benign_misses() -> None:
     s, t = data.sessions, data.truth
     db = data.item_database
     gone: dict[str, list[float]] = {"theft": [], "benign": []}
-    for a, b, kind, event in zip(
-        s["entry_scans"], s["exit_scans"], s["anomaly_type"], t["benign_event"], strict=True
-    ):
+    for a, b, kind, event in zip(s["entry_scans"], s["exit_scans"], s["anomaly_type"], t["benign_event"], strict=True):
         key = "theft" if kind == "theft" else "benign" if event else ""
         if key:
             entry, exit_ = json.loads(a), json.loads(b)
@@ -289,10 +287,7 @@ def test_same_seed_gives_identical_files_and_other_seeds_differ(tmp_path: Path) 
     for name, seed in (("a", 7), ("b", 7), ("c", 8)):
         sim.write(sim.generate(400, 60, seed, sim.BOUTIQUE_PROFILE), tmp_path / name)
         contents.append(
-            [
-                (tmp_path / name / f).read_bytes()
-                for f in (sim.ITEM_DATABASE_FILE, sim.SESSIONS_FILE, sim.TRUTH_FILE)
-            ]
+            [(tmp_path / name / f).read_bytes() for f in (sim.ITEM_DATABASE_FILE, sim.SESSIONS_FILE, sim.TRUTH_FILE)]
         )
     assert contents[0] == contents[1]
     assert all(x != y for x, y in zip(contents[0], contents[2], strict=True))
