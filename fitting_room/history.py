@@ -26,8 +26,8 @@ from fitting_room.errors import DataContractError
 SESSIONS_FILE = "historical_sessions.csv"
 CATALOG_FILE = "item_database.json"
 REQUIRED_COLUMNS: tuple[str, ...] = ("session_id", "room_id", "entry_time", "entry_scans", "exit_scans")
-# Columns of the frame load_sessions returns, in order.
-SESSION_COLUMNS: tuple[str, ...] = (
+# The data contract's columns, in the order the simulator and the store export write them.
+CONTRACT_COLUMNS: tuple[str, ...] = (
     "session_id",
     "room_id",
     "entry_time",
@@ -38,8 +38,9 @@ SESSION_COLUMNS: tuple[str, ...] = (
     "item_ids",
     "is_anomaly",
     "anomaly_type",
-    "source_row",
 )
+# Columns of the frame load_sessions returns, in order: the contract plus the CSV row each came from.
+SESSION_COLUMNS: tuple[str, ...] = (*CONTRACT_COLUMNS, "source_row")
 _TRUE = frozenset({"true", "1", "1.0", "yes"})
 _FALSE = frozenset({"false", "0", "0.0", "no"})
 

@@ -103,23 +103,12 @@ import pandas as pd
 from scipy import optimize, special
 
 from fitting_room.errors import InvalidRequestError
+from fitting_room.history import CONTRACT_COLUMNS
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
 BoolArray = npt.NDArray[np.bool_]
 
-SESSION_COLUMNS: tuple[str, ...] = (
-    "session_id",
-    "room_id",
-    "entry_time",
-    "exit_time",
-    "duration",
-    "entry_scans",
-    "exit_scans",
-    "item_ids",
-    "is_anomaly",
-    "anomaly_type",
-)
 TRUTH_COLUMNS: tuple[str, ...] = (
     "session_id",
     "true_median_duration",
@@ -1101,7 +1090,7 @@ def generate(
             "is_anomaly": is_anomaly,
             "anomaly_type": anomaly,
         },
-        columns=list(SESSION_COLUMNS),
+        columns=list(CONTRACT_COLUMNS),
     )
     cov = _Covariates(raw.base, raw.sigma, raw.weights, raw.swap_slots)
     q = _quantiles_from_covariates(profile, cov, (0.05, 0.5, 0.95), mixture=True)

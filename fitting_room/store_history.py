@@ -22,20 +22,10 @@ import pandas as pd
 from sqlalchemy.exc import SQLAlchemyError
 
 from fitting_room.errors import DataContractError
+from fitting_room.history import CONTRACT_COLUMNS
 from fitting_room.store import Store
 
 STORE_HISTORY_FILE = "store_history.csv"
-CONTRACT_COLUMNS: tuple[str, ...] = (
-    "session_id",
-    "room_id",
-    "entry_time",
-    "exit_time",
-    "duration",
-    "entry_scans",
-    "exit_scans",
-    "is_anomaly",
-    "anomaly_type",
-)
 # Staff outcome -> (is_anomaly, anomaly_type) in the contract's text form.
 _LABELS: dict[str, tuple[str, str]] = {
     "theft": ("true", "theft"),
@@ -85,6 +75,7 @@ def _row(session: dict[str, Any]) -> dict[str, Any]:
         "exit_time": session["ended_at"].isoformat() if session["ended_at"] is not None else "",
         "duration": session["actual_duration"],
         "entry_scans": json.dumps(items),
+        "item_ids": json.dumps(items),
         "exit_scans": json.dumps(list(session["exit_scans"])),
         "is_anomaly": is_anomaly,
         "anomaly_type": anomaly_type,

@@ -16,6 +16,7 @@ import pytest
 
 from fitting_room import simulation as sim
 from fitting_room.errors import InvalidRequestError
+from fitting_room.history import CONTRACT_COLUMNS
 
 ROOT = Path(__file__).resolve().parents[1]
 N_SESSIONS = 4000
@@ -67,7 +68,7 @@ def _missing_and_extra(w: Written) -> tuple[list[list[str]], list[list[str]]]:
 
 
 def test_files_follow_the_column_contract(written: Written) -> None:
-    assert list(written.sessions.columns) == list(sim.SESSION_COLUMNS)
+    assert list(written.sessions.columns) == list(CONTRACT_COLUMNS)
     assert list(written.truth.columns) == list(sim.TRUTH_COLUMNS)
     assert len(written.sessions) == len(written.truth) == N_SESSIONS
     assert written.sessions["session_id"].is_unique

@@ -12,9 +12,9 @@ import pytest
 
 from fitting_room.engine import RoomSpec
 from fitting_room.errors import DataContractError
-from fitting_room.history import load_sessions
+from fitting_room.history import CONTRACT_COLUMNS, load_sessions
 from fitting_room.service import ExitReport, FittingRoomService
-from fitting_room.store_history import CONTRACT_COLUMNS, store_history, write_store_history
+from fitting_room.store_history import store_history, write_store_history
 from tests.engine_factories import at
 from tests.fakes import make_service
 
