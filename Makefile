@@ -44,6 +44,12 @@ pytest: $(VENV)/.dev browser-deps
 
 test: lint typecheck pytest
 
+# Issue #6: 20 SIGKILL restarts under concurrent clients (a few minutes; each restart loads the models). CI runs it
+# after `make test`; plain `pytest` skips it.
+.PHONY: crash-test
+crash-test: $(VENV)/.dev
+	RUN_CRASH_TEST=1 $(VENV)/bin/pytest tests/test_crash_loop.py -s
+
 # Debian's Chromium (and fonts for its screenshots) for the dashboard's Playwright tests; Playwright never
 # downloads a browser. Recommends are skipped: they pull in printing, audio and desktop services.
 .PHONY: browser-deps

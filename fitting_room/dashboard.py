@@ -29,6 +29,7 @@ from pydantic import BaseModel, Field
 from sqlalchemy import ColumnElement, and_, func, select
 
 from fitting_room.engine import SessionStatus
+from fitting_room.schemas import EventTime
 from fitting_room.service import FittingRoomService
 from fitting_room.settings import Settings
 from fitting_room.store import Event, Transaction, alerts_table, sessions_table
@@ -231,8 +232,11 @@ def dashboard_router(
     def dashboard_summary(
         request: Request,
         at: Annotated[
-            datetime | None,
-            Query(description="A moment of the day to summarise (without an offset: store-local). Default: now."),
+            EventTime | None,
+            Query(
+                description="A moment of the day to summarise (without an offset: store-local; years 2000-2100). "
+                "Default: now."
+            ),
         ] = None,
     ) -> DashboardSummary:
         """Today's numbers: arrivals, sessions, mean and p90 wait, alerts raised and resolved."""

@@ -92,7 +92,8 @@ class LiveServer:
         assert self.process.stderr is not None
         for line in self.process.stderr:
             self.log.append(line)
-            if "Application startup complete" in line:
+            # uvicorn opens its port after startup completes; this line says it listens.
+            if "Uvicorn running on" in line:
                 # Keep draining so a chatty server never blocks on a full pipe.
                 threading.Thread(target=self._drain, daemon=True).start()
                 return self
