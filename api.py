@@ -40,7 +40,7 @@ from fitting_room.idempotency import fingerprint, run_once
 from fitting_room.manifest import ANOMALY_MODEL, DURATION_MODEL, read_manifest, verify_artifact
 from fitting_room.metrics import CONTENT_TYPE, Metrics
 from fitting_room.middleware import BodySizeLimitMiddleware, RequestContextMiddleware, configure_logging
-from fitting_room.rooms import load_rooms
+from fitting_room.rooms import load_rooms, parse_rooms
 from fitting_room.schemas import (
     AlertResponse,
     AlertsResponse,
@@ -56,6 +56,8 @@ from fitting_room.schemas import (
     PredictDurationResponse,
     ReadinessResponse,
     ResolveAlertRequest,
+    RoomsConfigRequest,
+    RoomsConfigResponse,
     RoomsStatusResponse,
     SessionResponse,
     WelcomeResponse,
@@ -73,6 +75,7 @@ ERROR_STATUS: dict[type[FittingRoomError], int] = {
     NotFoundError: 404,
     ConflictError: 409,
     InvalidRequestError: 422,
+    DataContractError: 422,
     ServiceUnavailableError: 503,
 }
 ERRORS: dict[int | str, dict[str, Any]] = {
@@ -335,6 +338,13 @@ def _add_routes(app: FastAPI) -> None:
         if state.models.error:
             raise ServiceUnavailableError(f"models not loaded: {state.models.error}")
         return presenters.models_response(state.models.manifest, None)
+
+    @app.put("/rooms", response_model=RoomsConfigResponse, dependencies=ADMIN, responses=ERRORS)
+    def configure_rooms(body: RoomsConfigRequest, state: State) -> RoomsConfigResponse:
+        """Replace the room configuration (admin); occupied rooms that are removed stay until released."""
+        specs = parse_rooms([room.model_dump() for room in body.rooms], "request body")
+        kept = state.service.configure_rooms(specs, event_time(None, state.settings))
+        return RoomsConfigResponse(rooms=[spec.room_id for spec in specs], kept_occupied=kept)
 
     @app.post("/predict_duration", response_model=PredictDurationResponse, dependencies=KIOSK, responses=ERRORS)
     def predict_duration(body: PredictDurationRequest, state: State) -> PredictDurationResponse:

@@ -9,7 +9,7 @@ from typing import Any
 from fitting_room.engine import RoomSpec
 from fitting_room.errors import DataContractError
 
-_KNOWN_KEYS = {"room_id", "max_items", "accessible"}
+_KNOWN_KEYS = {"room_id", "max_items", "accessible", "attributes"}
 
 
 def parse_rooms(data: Any, source: str) -> list[RoomSpec]:
@@ -30,7 +30,7 @@ def parse_rooms(data: Any, source: str) -> list[RoomSpec]:
             raise DataContractError(f"{where} ({room_id}): max_items must be a positive integer")
         if not isinstance(accessible, bool):
             raise DataContractError(f"{where} ({room_id}): accessible must be true or false")
-        extra = {k: v for k, v in entry.items() if k not in _KNOWN_KEYS}
+        extra = {k: v for k, v in entry.items() if k not in _KNOWN_KEYS} | dict(entry.get("attributes") or {})
         specs.append(RoomSpec(room_id, max_items, accessible, extra))
     ids = [s.room_id for s in specs]
     duplicates = sorted({i for i in ids if ids.count(i) > 1})

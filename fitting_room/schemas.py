@@ -333,3 +333,33 @@ class LoadedModelsResponse(BaseModel):
     sklearn_version: str | None = Field(description="scikit-learn version they were built with.", examples=["1.9.1"])
     data: dict[str, Any] = Field(description="Training-data summary (sessions, date range, labels).")
     metrics: dict[str, Any] = Field(description="Headline held-out metrics.")
+
+
+class RoomConfig(BaseModel):
+    """One room as configured (the rooms file's entry)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    room_id: Identifier = Field(description="Room id.", examples=["room_7"])
+    max_items: int = Field(ge=1, le=MAX_ITEMS_PER_REQUEST, description="Most items the room takes.", examples=[8])
+    accessible: bool = Field(False, description="Accessible room.", examples=[False])
+    attributes: dict[str, Annotated[str, StringConstraints(max_length=200)] | int | float | bool] = Field(
+        default_factory=dict, max_length=20, description="Further attributes, kept as given.", examples=[{"floor": 1}]
+    )
+
+
+class RoomsConfigRequest(BaseModel):
+    """The store's whole room configuration."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    rooms: list[RoomConfig] = Field(min_length=1, max_length=500, description="Every room of the store.")
+
+
+class RoomsConfigResponse(BaseModel):
+    """What the configuration change left."""
+
+    rooms: list[str] = Field(description="Configured room ids.", examples=[["room_1", "room_7"]])
+    kept_occupied: list[str] = Field(
+        description="Rooms removed from the configuration but kept until their customer leaves.", examples=[[]]
+    )

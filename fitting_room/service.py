@@ -19,6 +19,7 @@ from fitting_room.engine import (
     Prediction,
     PredictionLike,
     Room,
+    RoomSpec,
     Rules,
     Session,
     SessionStatus,
@@ -229,6 +230,17 @@ class FittingRoomService:
                 return SessionView(session=stored, completion=completion)
             floor = tx.load_floor()
         return self._view(floor, floor.active[session_id], at)
+
+    def configure_rooms(self, specs: Sequence[RoomSpec], now: datetime) -> list[str]:
+        """Replace the room configuration; new rooms go to waiting customers they fit at once.
+
+        Returns the ids of rooms no longer configured but kept because a customer is in them.
+        """
+        with self.store.write() as tx:
+            kept = tx.sync_rooms(specs)
+            floor = tx.load_floor()
+            tx.save(floor, engine.fill_free_rooms(floor, now, self.rules))
+        return kept
 
     def floor_status(self, at: datetime) -> FloorView:
         """Every room and the waitlist, with estimates projected as of `at`."""

@@ -52,6 +52,7 @@ MATRIX: list[tuple[str, str, dict[str, Any] | None, str]] = [
     ("GET", "/models", None, "staff"),
     ("POST", "/models/reload", None, "admin"),
     ("GET", "/dashboard/summary", None, "staff"),
+    ("PUT", "/rooms", {"rooms": [{"room_id": f"room_{i}", "max_items": 12} for i in range(1, 7)]}, "admin"),
 ]
 
 
@@ -171,3 +172,34 @@ def test_readyz_and_models(client: TestClient):
     assert models["loaded"] is True
     assert {m["name"] for m in models["models"]} == {"duration_model.pkl", "anomaly_model.pkl"}
     assert models["trained_at"]
+
+
+def test_admin_room_configuration_promotes_into_new_rooms(client: TestClient):
+    rooms = client.get("/rooms/status").json()["rooms"]
+    seated = [client.post("/assign_room", json={"item_ids": ITEMS}).json() for _ in rooms]
+    waiting = client.post("/assign_room", json={"item_ids": ITEMS}).json()
+    assert waiting["status"] == "waitlisted"
+    config = [{"room_id": r["room_id"], "max_items": r["max_items"], "accessible": r["accessible"]} for r in rooms]
+    config = [c for c in config if c["room_id"] != seated[0]["room_id"]]
+    config.append({"room_id": "room_7", "max_items": 4, "accessible": False, "attributes": {"floor": 2}})
+    response = client.put("/rooms", json={"rooms": config})
+    assert response.status_code == 200, response.text
+    assert response.json()["kept_occupied"] == [seated[0]["room_id"]]
+    session = client.get(f"/sessions/{waiting['session_id']}").json()
+    assert session["status"] == "assigned"
+    assert session["room_id"] == "room_7"
+    ids = [r["room_id"] for r in client.get("/rooms/status").json()["rooms"]]
+    assert "room_7" in ids
+    assert seated[0]["room_id"] in ids, "an occupied room is kept until its customer leaves"
+
+
+def test_room_configuration_errors_change_nothing(client: TestClient):
+    before = client.get("/rooms/status").json()["rooms"]
+    duplicate = client.put(
+        "/rooms", json={"rooms": [{"room_id": "a", "max_items": 3}, {"room_id": "a", "max_items": 4}]}
+    )
+    assert duplicate.status_code == 422
+    assert "duplicate room_id a" in duplicate.json()["detail"]
+    assert client.put("/rooms", json={"rooms": []}).status_code == 422
+    assert client.put("/rooms", json={"rooms": [{"room_id": "a", "max_items": 0}]}).status_code == 422
+    assert client.get("/rooms/status").json()["rooms"] == before
