@@ -54,6 +54,7 @@ from sklearn.model_selection import KFold, StratifiedKFold
 from fitting_room.catalog import Catalog
 from fitting_room.errors import InvalidRequestError, ModelLoadError
 from fitting_room.evidence import Evidence, Reason, collect_evidence, evidence_reasons
+from fitting_room.fastpath import FastClassifier, FastIsolationForest, FastRegressors
 from fitting_room.features import FeatureBuilder
 
 __all__ = [
@@ -108,7 +109,28 @@ class AnomalyResult:
 
 
 class _Persistent:
-    """joblib save/load with a checked envelope (class, library versions, feature schema)."""
+    """joblib save/load with a checked envelope (class, library versions, feature schema).
+
+    Fitted models keep a fast-path twin (fitting_room.fastpath: the trees as flat numpy arrays, outputs
+    equal to scikit-learn's) for the API's one-row calls; it is built at load and on first use after a
+    fit, and never pickled, so the artifacts stay plain scikit-learn.
+    """
+
+    _fast: Any = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickle without the fast-path twin; it is rebuilt from the scikit-learn models."""
+        return {k: v for k, v in self.__dict__.items() if k != "_fast"}
+
+    def _compile(self) -> Any:
+        """The fast-path twin of the fitted scikit-learn models."""
+        raise NotImplementedError
+
+    def _fast_path(self) -> Any:
+        """The fast-path twin, compiled on first use."""
+        if self._fast is None:
+            self._fast = self._compile()
+        return self._fast
 
     def _schema(self) -> dict[str, Any]:
         """What a saved copy must agree on with the current code to be usable."""
@@ -160,6 +182,7 @@ class _Persistent:
             raise ModelLoadError(
                 f"model file {path} was built for another feature schema: retrain with python train.py"
             )
+        model._fast_path()  # compile now, not on the first request
         return model
 
 
@@ -194,6 +217,7 @@ class DurationPredictor(_Persistent):
         """Learn from history.load_sessions() output; needs at least 2 * cv_folds sessions."""
         if len(sessions) < 2 * self.cv_folds:
             raise ValueError(f"need at least {2 * self.cv_folds} sessions to fit, got {len(sessions)}")
+        self._fast = None
         self.builder_ = FeatureBuilder(catalog.categories, self.timezone)
         x = self.builder_.frame(sessions, catalog)
         log_y = np.log(np.maximum(sessions["duration"].to_numpy(dtype=float), MIN_DURATION))
@@ -221,8 +245,9 @@ class DurationPredictor(_Persistent):
         if not MIN_LEVEL <= level <= MAX_LEVEL:
             raise InvalidRequestError(f"interval level must be between {MIN_LEVEL} and {MAX_LEVEL}, got {level}")
         x, unknown = self.builder_.row(item_ids, entry_time, catalog)
-        center = float(self.median_model_.predict(x[None, :])[0])
-        scale = max(float(self.scale_model_.predict(x[None, :])[0]), self.scale_floor_)
+        # Both models in one fast-path pass; the same numbers as their predict().
+        center, raw_scale = (float(v) for v in self._fast_path().predict(x))
+        scale = max(raw_scale, self.scale_floor_)
         median = math.exp(center)
         low = math.exp(center + scale * self._residual_quantile((1.0 - level) / 2.0))
         high = math.exp(center + scale * self._residual_quantile((1.0 + level) / 2.0))
@@ -335,6 +360,9 @@ class DurationPredictor(_Persistent):
     def _expected_schema(self) -> dict[str, Any]:
         return FeatureBuilder(self.builder_.categories, self.builder_.timezone).schema
 
+    def _compile(self) -> FastRegressors:
+        return FastRegressors([self.median_model_, self.scale_model_])
+
 
 # Features of a finished session; larger is more suspicious for all but n_items.
 DETECTOR_FEATURES: tuple[str, ...] = (
@@ -355,6 +383,9 @@ _N_ITEMS, _MISSING_RANK, _HOUR = 8, 9, 10
 _BEHAVIOUR = (_Z_ROBUST, _N_ITEMS)  # what the IsolationForest sees
 _IQR_Z = 2.0 * NormalDist().inv_cdf(0.75)  # width of the central 50% of a standard normal
 RISK_LEVELS = ("low", "medium", "high")
+# Up to this many rows (a request's), scores come from the fast path; larger batches (training, evaluation)
+# from scikit-learn's multithreaded predict. Both give the same numbers.
+_FAST_PATH_ROWS = 64
 
 
 class AnomalyDetector(_Persistent):
@@ -405,6 +436,7 @@ class AnomalyDetector(_Persistent):
 
     def fit(self, sessions: pd.DataFrame, catalog: Catalog, predictor: DurationPredictor) -> AnomalyDetector:
         """Learn normal behaviour (and labels when present) from history.load_sessions() output."""
+        self._fast = None
         features = self.session_features(sessions, catalog, predictor)
         self.pattern_share_ = _pattern_shares(features)
         labelled_anomaly = _labelled_anomalies(sessions)
@@ -426,6 +458,7 @@ class AnomalyDetector(_Persistent):
         else:
             self.threshold_ = self._score_from_suspicion(np.array([_fisher_inverse(self.flag_p)]))[0]
             self.medium_threshold_ = self._score_from_suspicion(np.array([_fisher_inverse(self.medium_p)]))[0]
+        self._fast = None  # a small fit may have compiled it before the classifier existed
         return self
 
     def analyse(
@@ -464,7 +497,10 @@ class AnomalyDetector(_Persistent):
         surprisal = self._surprisals(features)
         if self.classifier_ is None:
             return self._score_from_suspicion(surprisal.sum(axis=1))
-        return self.classifier_.predict_proba(np.column_stack((features, surprisal)))[:, 1]
+        inputs = np.column_stack((features, surprisal))
+        if len(inputs) <= _FAST_PATH_ROWS:
+            return np.asarray(self._fast_path()[1].predict_proba(inputs)[:, 1])
+        return self.classifier_.predict_proba(inputs)[:, 1]
 
     @staticmethod
     def session_features(sessions: pd.DataFrame, catalog: Catalog, predictor: DurationPredictor) -> np.ndarray:
@@ -485,6 +521,8 @@ class AnomalyDetector(_Persistent):
 
     def _isolation_raw(self, features: np.ndarray) -> np.ndarray:
         """IsolationForest abnormality of the behaviour columns; higher is more abnormal."""
+        if len(features) <= _FAST_PATH_ROWS:
+            return -np.asarray(self._fast_path()[0].score_samples(features[:, _BEHAVIOUR]))
         return -self.isolation_.score_samples(features[:, _BEHAVIOUR])
 
     def _surprisals(self, features: np.ndarray) -> np.ndarray:
@@ -570,6 +608,10 @@ class AnomalyDetector(_Persistent):
 
     def _expected_schema(self) -> dict[str, Any]:
         return {"detector_features": list(DETECTOR_FEATURES)}
+
+    def _compile(self) -> tuple[FastIsolationForest, FastClassifier | None]:
+        classifier = getattr(self, "classifier_", None)
+        return FastIsolationForest(self.isolation_), FastClassifier(classifier) if classifier is not None else None
 
 
 def _local_hour(entry_time: datetime | None, timezone: str) -> float:

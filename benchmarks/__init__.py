@@ -1,0 +1,1 @@
+"""Benchmarks behind `make bench`; run each as `python -m benchmarks.<name>`."""

@@ -1,0 +1,243 @@
+"""Per-row model latency: the fast path (fitting_room.fastpath) against scikit-learn on the same fitted models.
+
+    .venv/bin/python -m benchmarks.bench_inference [--model-dir models] [--data-dir data] [--out benchmarks/results]
+
+Loads the models train.py wrote (through DurationPredictor.load / AnomalyDetector.load; a small store is
+generated and trained into a temporary folder when they are missing), takes feature rows of real historical
+sessions, checks the fast path's outputs against scikit-learn's on every row, then times one-row calls:
+the median over many calls, each call timed alone, rows cycled. scikit-learn is timed twice: as the service
+runs it (default OpenMP threads) and limited to one thread, the fairer baseline for one row; the speed-up
+column divides the one-thread figure. Targets (issue #7): >= 20x for the anomaly model, >= 10x for the
+duration model. Writes `inference.md` into the output folder and the README's figures when it has markers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+from threadpoolctl import threadpool_limits
+
+from benchmarks._common import (
+    REPO,
+    RESULTS,
+    ensure_store,
+    fmt_us,
+    machine_line,
+    markdown_table,
+    time_calls,
+    update_readme,
+    write_result,
+)
+from fitting_room.fastpath import FastClassifier, FastIsolationForest, FastRegressor, FastRegressors
+from fitting_room.history import load_history
+
+TARGETS = {"duration model": 10.0, "anomaly model": 20.0}
+
+
+@dataclass(frozen=True)
+class Case:
+    """One model (or pair of models) called on one row, both ways."""
+
+    name: str
+    detail: str
+    sklearn: Callable[[int], object]
+    fast: Callable[[int], object]
+    max_rel_diff: float
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Command-line options."""
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    parser.add_argument("--model-dir", type=Path, default=REPO / "models")
+    parser.add_argument("--data-dir", type=Path, default=REPO / "data")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--rows", type=int, default=500, help="distinct historical sessions to cycle through")
+    parser.add_argument("--fast-calls", type=int, default=3000)
+    parser.add_argument("--sklearn-calls", type=int, default=300)
+    parser.add_argument("--budget", type=float, default=5.0, help="seconds at most per scikit-learn timing")
+    parser.add_argument("--seed", type=int, default=0)
+    return parser.parse_args(argv)
+
+
+def rel_diff(a: npt.ArrayLike, b: npt.ArrayLike) -> float:
+    """Largest relative difference (absolute where the reference is 0)."""
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    scale = np.where(a == 0, 1.0, np.abs(a))
+    return float(np.max(np.abs(a - b) / scale))
+
+
+def build_cases(model_dir: Path, data_dir: Path, n_rows: int, seed: int) -> tuple[list[Case], str]:
+    """The timed cases over the stored models and feature rows of real sessions; and a models line."""
+    import models  # the repository's models.py; imported late so --help stays fast
+
+    predictor = models.DurationPredictor.load(model_dir / "duration_model.pkl")
+    detector = models.AnomalyDetector.load(model_dir / "anomaly_model.pkl")
+    sessions, catalog = load_history(data_dir, predictor.timezone)
+    sample = sessions.sample(n=min(n_rows, len(sessions)), random_state=seed)
+    x_duration = predictor.builder_.frame(sample, catalog)
+    features = detector.session_features(sample, catalog, predictor)
+    x_isolation = np.ascontiguousarray(features[:, models._BEHAVIOUR])
+    n = len(sample)
+
+    median, scale = predictor.median_model_, predictor.scale_model_
+    fast_median, fast_scale = FastRegressor(median), FastRegressor(scale)
+    fast_duration = FastRegressors([median, scale])
+    isolation = detector.isolation_
+    fast_isolation = FastIsolationForest(isolation)
+
+    both = np.column_stack((median.predict(x_duration), scale.predict(x_duration)))
+    cases = [
+        Case(
+            "duration median model",
+            f"HGB regressor, {median.n_iter_} trees, {x_duration.shape[1]} features",
+            lambda i: median.predict(x_duration[i % n][None, :]),
+            lambda i: fast_median.predict_one(x_duration[i % n]),
+            rel_diff(both[:, 0], [fast_median.predict_one(r) for r in x_duration]),
+        ),
+        Case(
+            "duration scale model",
+            f"HGB regressor, {scale.n_iter_} trees",
+            lambda i: scale.predict(x_duration[i % n][None, :]),
+            lambda i: fast_scale.predict_one(x_duration[i % n]),
+            rel_diff(both[:, 1], [fast_scale.predict_one(r) for r in x_duration]),
+        ),
+        Case(
+            "duration model",
+            "median + scale per estimate; fast path: one pass over both",
+            lambda i: (median.predict(x_duration[i % n][None, :]), scale.predict(x_duration[i % n][None, :])),
+            lambda i: fast_duration.predict(x_duration[i % n]),
+            rel_diff(both, np.array([fast_duration.predict(r) for r in x_duration])),
+        ),
+        Case(
+            "anomaly isolation forest",
+            f"IsolationForest, {len(isolation.estimators_)} trees, {x_isolation.shape[1]} features",
+            lambda i: isolation.score_samples(x_isolation[i % n][None, :]),
+            lambda i: fast_isolation.score_one(x_isolation[i % n]),
+            rel_diff(isolation.score_samples(x_isolation), [fast_isolation.score_one(r) for r in x_isolation]),
+        ),
+    ]
+    classifier = detector.classifier_
+    if classifier is None:
+        cases.append(
+            Case(
+                "anomaly model",
+                "unsupervised: the isolation forest is its only model",
+                cases[-1].sklearn,
+                cases[-1].fast,
+                cases[-1].max_rel_diff,
+            )
+        )
+    else:
+        x_classifier = np.column_stack((features, detector._surprisals(features)))
+        fast_classifier = FastClassifier(classifier)
+        proba = classifier.predict_proba(x_classifier)[:, 1]
+        classifier_diff = rel_diff(proba, [fast_classifier.positive_proba_one(r) for r in x_classifier])
+        cases.append(
+            Case(
+                "anomaly classifier",
+                f"HGB classifier, {classifier.n_iter_} trees, {x_classifier.shape[1]} features",
+                lambda i: classifier.predict_proba(x_classifier[i % n][None, :]),
+                lambda i: fast_classifier.positive_proba_one(x_classifier[i % n]),
+                classifier_diff,
+            )
+        )
+        cases.append(
+            Case(
+                "anomaly model",
+                "isolation forest + classifier per exit check",
+                lambda i: (
+                    isolation.score_samples(x_isolation[i % n][None, :]),
+                    classifier.predict_proba(x_classifier[i % n][None, :]),
+                ),
+                lambda i: (
+                    fast_isolation.score_one(x_isolation[i % n]),
+                    fast_classifier.positive_proba_one(x_classifier[i % n]),
+                ),
+                max(cases[-1].max_rel_diff, classifier_diff),
+            )
+        )
+    strategies = (
+        f"fast-path strategies: median {type(fast_median.trees).__name__}, scale {type(fast_scale.trees).__name__}, "
+        f"isolation {type(fast_isolation.trees).__name__}"
+    )
+    return cases, strategies
+
+
+def run(args: argparse.Namespace) -> str:
+    """Measure every case and return the markdown report."""
+    with tempfile.TemporaryDirectory(prefix="bench-inference-") as work:
+        data_dir, model_dir = ensure_store(args.data_dir, args.model_dir, Path(work))
+        cases, strategies = build_cases(model_dir, data_dir, args.rows, args.seed)
+        rows = []
+        verdicts = []
+        for case in cases:
+            # Warm-up: first calls pay for lazy imports and thread-pool start.
+            for i in range(20):
+                case.fast(i)
+                case.sklearn(i)
+            fast = float(np.median(time_calls(case.fast, args.fast_calls, args.budget)))
+            threaded = float(np.median(time_calls(case.sklearn, args.sklearn_calls, args.budget)))
+            with threadpool_limits(1):
+                single = float(np.median(time_calls(case.sklearn, args.sklearn_calls, args.budget)))
+            speedup = single / fast
+            target = TARGETS.get(case.name)
+            if target is not None:
+                verdicts.append(
+                    f"{case.name} {speedup:.0f}x (target >= {target:.0f}x: {'met' if speedup >= target else 'NOT met'})"
+                )
+            rows.append(
+                [
+                    f"**{case.name}**" if target else case.name,
+                    case.detail,
+                    fmt_us(threaded),
+                    fmt_us(single),
+                    fmt_us(fast),
+                    f"**{speedup:.0f}x**" if target else f"{speedup:.0f}x",
+                    f"{case.max_rel_diff:.1e}",
+                ]
+            )
+            print(f"{case.name}: sklearn {threaded:.0f}/{single:.0f} us, fast {fast:.1f} us", file=sys.stderr)
+    table = markdown_table(
+        [
+            "model, one row per call",
+            "what",
+            "scikit-learn (default threads)",
+            "scikit-learn (1 thread)",
+            "fast path",
+            "speed-up vs 1 thread",
+            "max rel. diff",
+        ],
+        rows,
+    )
+    return "\n".join(
+        [
+            "### Model inference, one row per call (median)",
+            "",
+            table,
+            "",
+            f"{'; '.join(verdicts)}. Outputs checked on {args.rows} historical sessions; {strategies}.",
+            "",
+            f"`make bench-inference` on {machine_line()}.",
+        ]
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the benchmark, print the report and write it out."""
+    args = parse_args(argv)
+    report = run(args)
+    print(report)
+    write_result(args.out, "inference.md", report)
+    update_readme("inference", report)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
