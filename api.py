@@ -360,7 +360,8 @@ def _add_routes(app: FastAPI) -> None:
 
         def act() -> AssignRoomResponse:
             now = event_time(body.timestamp, state.settings)
-            response = presenters.assignment_response(state.service.assign(body.item_ids, body.accessible, now))
+            view = state.service.assign(body.item_ids, body.accessible, now, server_clock=body.timestamp is None)
+            response = presenters.assignment_response(view)
             state.metrics.assignments.labels(outcome=response.status).inc()
             return response
 

@@ -12,12 +12,15 @@ import heapq
 import math
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any, Protocol
 
 from fitting_room.errors import ConflictError, InvalidRequestError, NotFoundError
 from fitting_room.settings import Policy
+
+# How far a server-clock time may lag the floor's last event and still be taken as "now" (see Floor.catch_up).
+CLOCK_SKEW = timedelta(seconds=2)
 
 
 class SessionStatus(StrEnum):
@@ -187,6 +190,17 @@ class Floor:
     def positions(self) -> dict[str, int]:
         """1-based waitlist position of every waiting customer, contiguous by construction."""
         return {s.session_id: i for i, s in enumerate(self.waitlist(), start=1)}
+
+    def catch_up(self, now: datetime, max_skew: timedelta = CLOCK_SKEW) -> datetime:
+        """A server-clock time moved up to the floor's latest event when it lags by at most `max_skew`.
+
+        A request reads the clock before it queues for the write lock, so another request may commit a slightly
+        later event first; such a lag is not a client's mistake and must not become a 422.
+        """
+        latest = max((r.last_event_at for r in self.rooms.values() if r.last_event_at), default=None)
+        if latest is not None and now < latest <= now + max_skew:
+            return latest
+        return now
 
     def room(self, room_id: str) -> Room:
         """The room with this id, or NotFoundError."""

@@ -194,8 +194,13 @@ class FittingRoomService:
         """Predicted duration (minutes) of a session with these items entering at `entry_time`."""
         return Prediction.of(self.predictor.estimate(item_ids, entry_time, self.catalog, level))
 
-    def assign(self, item_ids: Sequence[str], needs_accessible: bool, now: datetime) -> SessionView:
-        """Give an arriving customer the best free room, or a durable place in line."""
+    def assign(
+        self, item_ids: Sequence[str], needs_accessible: bool, now: datetime, *, server_clock: bool = False
+    ) -> SessionView:
+        """Give an arriving customer the best free room, or a durable place in line.
+
+        `server_clock` says `now` was read from the server's clock (no event time in the request).
+        """
         prediction = self.predict(item_ids, now)
         session = Session(
             session_id=self.new_id(),
@@ -206,6 +211,8 @@ class FittingRoomService:
         )
         with self.store.write() as tx:
             floor = tx.load_floor()
+            if server_clock:
+                now = session.arrived_at = floor.catch_up(now)
             changes = engine.admit(floor, session, now)
             tx.save(floor, changes)
         return self._view(floor, session, now)
@@ -218,7 +225,7 @@ class FittingRoomService:
             if session_id not in floor.active:
                 stored, _ = tx.get_session(session_id)
                 raise ConflictError(f"session {session_id!r} is not waiting (it is {stored.status.value})")
-            session = engine.cancel(floor, session_id, now)
+            session = engine.cancel(floor, session_id, floor.catch_up(now))
             tx.save(floor, engine.Changes(sessions={session_id}), ended=[session])
         return SessionView(session=session)
 
@@ -306,6 +313,7 @@ class FittingRoomService:
     def _complete(self, report: ExitReport, now: datetime) -> ExitResult:
         with self.store.write() as tx:
             floor = tx.load_floor()
+            now = floor.catch_up(now)  # `now` is the server's clock: explicit times come in the report
             session = floor.active.get(report.session_id)
             if session is None:
                 stored, _ = tx.get_session(report.session_id)

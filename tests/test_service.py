@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
 from pathlib import Path
 from threading import Barrier
 
@@ -198,3 +199,18 @@ def test_every_committed_change_is_in_the_event_log(service: FittingRoomService)
     assert kinds[:4] == ["session_assigned"] * 3 + ["session_waitlisted"]
     assert kinds[4:] == ["session_completed", "session_assigned", "alert_raised"]
     assert events[5].payload == {"session_id": waiting, "room_id": room}
+
+
+def test_server_clock_lag_behind_a_just_committed_event_is_not_an_error(service: FittingRoomService):
+    s, _, _ = fill(service, 3)
+    room = service.session(s, at(0)).session.room_id or ""
+    service.check_exit(ExitReport(s, room, exit_scans=ITEMS, exit_time=at(10)), at(10))
+    # Only the room freed at minute 10 is free: a request whose clock read lags that exit needs it.
+    lagging = at(10) - timedelta(milliseconds=300)
+    with pytest.raises(InvalidRequestError, match="earlier than the last event"):
+        service.assign(ITEMS, False, lagging)
+    with pytest.raises(InvalidRequestError, match="earlier than the last event"):
+        service.assign(ITEMS, False, at(10) - timedelta(seconds=30), server_clock=True)
+    view = service.assign(ITEMS, False, lagging, server_clock=True)
+    assert view.session.arrived_at == at(10)
+    assert view.session.room_id == room
