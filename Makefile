@@ -56,7 +56,7 @@ crash-test: $(VENV)/.dev
 browser-deps:
 	@test -x /usr/bin/chromium || { \
 		SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
-		$$SUDO apt-get update && $$SUDO apt-get install -y --no-install-recommends chromium fonts-liberation fonts-dejavu-core; }
+		$$SUDO apt-get update && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium fonts-liberation fonts-dejavu-core; }
 
 # Benchmarks: figures the README quotes. bench-replay: store-day replay (issue #4), a few minutes on 2 cores.
 .PHONY: bench-replay
