@@ -513,11 +513,6 @@ class Transaction:
         query = select(func.count()).where(sessions_table.c.status == SessionStatus.WAITLISTED.value)
         return int(self.conn.execute(query).scalar_one())
 
-    def count_sessions(self) -> dict[str, int]:
-        """Number of sessions in each status."""
-        rows = self.conn.execute(select(sessions_table.c.status, func.count()).group_by(sessions_table.c.status))
-        return {status: int(n) for status, n in rows}
-
 
 def _room_from_row(row: RowMapping) -> Room:
     spec = RoomSpec(
