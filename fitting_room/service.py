@@ -271,7 +271,7 @@ class FittingRoomService:
         """Analyse a finished session; if it is the one in that room, complete it and free the room."""
         with self.store.read() as tx:
             known = tx.session_exists(report.session_id)
-            room_exists = report.room_id in tx.load_floor().rooms
+            room_exists = tx.room_exists(report.room_id)
         if not room_exists:
             raise NotFoundError(f"unknown room {report.room_id!r}")
         if not known:

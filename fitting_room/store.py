@@ -330,6 +330,11 @@ class Transaction:
                 kept.append(room_id)
         return kept
 
+    def room_exists(self, room_id: str) -> bool:
+        """True when the room is configured (one indexed lookup, no floor load)."""
+        query = select(rooms_table.c.room_id).where(rooms_table.c.room_id == room_id)
+        return self.conn.execute(query).first() is not None
+
     def load_floor(self) -> Floor:
         """The store's rooms and active sessions."""
         rooms = {

@@ -6,7 +6,7 @@ import math
 from datetime import UTC, datetime, timedelta
 from itertools import count
 
-from fitting_room.engine import Floor, Prediction, Room, RoomSpec, Session
+from fitting_room.engine import Floor, Prediction, Room, RoomSpec, Session, admit
 
 T0 = datetime(2026, 12, 4, 10, 0, tzinfo=UTC)
 
@@ -64,3 +64,14 @@ class SessionFactory:
             arrived_at=arrived,
             prediction=prediction or constant_prediction(minutes),
         )
+
+
+def hand_computed_floor(new: SessionFactory) -> tuple[Floor, Session, Session, Session]:
+    """Room a (4 items) frees at 10, room b (10 items) at 20; three 5-minute customers wait since minute 1."""
+    floor = make_floor(("a", 4, False), ("b", 10, False))
+    admit(floor, new(items=2, minutes=10), at(0))
+    admit(floor, new(items=8, minutes=20), at(0))
+    s1, bulky, s3 = new(items=2, minutes=5), new(items=8, minutes=5), new(items=2, minutes=5)
+    for s in (s1, bulky, s3):
+        admit(floor, s, at(1))
+    return floor, s1, bulky, s3

@@ -10,7 +10,7 @@ from fitting_room import engine
 from fitting_room.engine import Rules, SessionStatus
 from fitting_room.errors import ConflictError, InvalidRequestError, NotFoundError
 from fitting_room.settings import Policy
-from tests.engine_factories import SessionFactory, at, make_floor
+from tests.engine_factories import SessionFactory, at, hand_computed_floor, make_floor
 
 FIFO = Rules()
 
@@ -263,12 +263,7 @@ def test_cancellation_earlier_than_the_arrival_is_refused(new):
 
 def test_point_schedule_against_a_hand_computed_one(new):
     # Room a (4 items) frees at 10, room b (10 items) at 20; every session lasts 5 minutes.
-    floor = make_floor(("a", 4, False), ("b", 10, False))
-    engine.admit(floor, new(items=2, minutes=10), at(0))
-    engine.admit(floor, new(items=8, minutes=20), at(0))
-    s1, bulky, s3 = new(items=2, minutes=5), new(items=8, minutes=5), new(items=2, minutes=5)
-    for s in (s1, bulky, s3):
-        engine.admit(floor, s, at(1))
+    floor, s1, bulky, s3 = hand_computed_floor(new)
     schedule = engine.list_schedule(
         floor,
         at(4),

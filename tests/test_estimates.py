@@ -13,7 +13,14 @@ from fitting_room import engine
 from fitting_room.engine import Floor, Room, Rules, Session
 from fitting_room.estimates import MIN_REMAINING_MINUTES, DurationDistribution, project
 from fitting_room.settings import Policy
-from tests.engine_factories import SessionFactory, at, constant_prediction, lognormal_prediction, make_floor
+from tests.engine_factories import (
+    SessionFactory,
+    at,
+    constant_prediction,
+    hand_computed_floor,
+    lognormal_prediction,
+    make_floor,
+)
 
 FIFO = Rules()
 
@@ -63,12 +70,7 @@ def test_a_fixed_duration_counts_down_and_then_waits_the_minimum():
 
 def test_projection_against_a_hand_computed_schedule(new):
     # Fixed durations make the projection exact: room a (4 items) frees at 10, room b (10 items) at 20.
-    floor = make_floor(("a", 4, False), ("b", 10, False))
-    engine.admit(floor, new(items=2, minutes=10), at(0))
-    engine.admit(floor, new(items=8, minutes=20), at(0))
-    s1, bulky, s3 = new(items=2, minutes=5), new(items=8, minutes=5), new(items=2, minutes=5)
-    for s in (s1, bulky, s3):
-        engine.admit(floor, s, at(1))
+    floor, s1, bulky, s3 = hand_computed_floor(new)
     projection = project(floor, at(4), FIFO)
     assert projection.waits == {
         s1.session_id: pytest.approx(6),
