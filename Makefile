@@ -39,7 +39,7 @@ lint: $(VENV)/.dev
 typecheck: $(VENV)/.dev
 	$(VENV)/bin/mypy .
 
-pytest: $(VENV)/.dev browser-deps
+pytest: $(VENV)/.dev browser-deps postgres-deps
 	$(VENV)/bin/pytest
 
 test: lint typecheck pytest
@@ -57,6 +57,14 @@ browser-deps:
 	@test -x /usr/bin/chromium || { \
 		SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
 		$$SUDO apt-get update && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium fonts-liberation fonts-dejavu-core; }
+
+# Debian's PostgreSQL server binaries: the tests start throwaway servers from them (tests/pg_cluster.py), never
+# the packaged cluster. Recommends are skipped: only sysstat, which the tests never use.
+.PHONY: postgres-deps
+postgres-deps:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { \
+		SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+		$$SUDO apt-get update && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends postgresql; }
 
 # Benchmarks: figures the README quotes. bench-replay: store-day replay (issue #4), a few minutes on 2 cores.
 .PHONY: bench-replay
@@ -76,6 +84,12 @@ bench-http: $(VENV)/.runtime data models
 
 bench-engine: $(VENV)/.runtime
 	$(PY) -m benchmarks.bench_engine --out benchmarks/results
+
+# Issue #8: bring FITTING_ROOM_DATABASE (SQLite path or postgresql://...) to the newest schema. The service also
+# does this at start when the database is empty.
+.PHONY: migrate
+migrate: $(VENV)/.runtime
+	$(PY) -m fitting_room.migrations
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -24,7 +24,7 @@ from fitting_room import __version__, presenters
 from fitting_room.auth import KeyRing, Role, authorize
 from fitting_room.catalog import Catalog
 from fitting_room.dashboard import dashboard_router
-from fitting_room.engine import Rules
+from fitting_room.engine import RoomSpec, Rules
 from fitting_room.errors import (
     AuthenticationError,
     ConflictError,
@@ -40,7 +40,7 @@ from fitting_room.idempotency import fingerprint, run_once
 from fitting_room.manifest import ANOMALY_MODEL, DURATION_MODEL, read_manifest, verify_artifact
 from fitting_room.metrics import CONTENT_TYPE, Metrics
 from fitting_room.middleware import BodySizeLimitMiddleware, RequestContextMiddleware, configure_logging
-from fitting_room.rooms import load_rooms, parse_rooms
+from fitting_room.rooms import DEFAULT_STORE, load_store_rooms, parse_rooms
 from fitting_room.schemas import (
     AlertResponse,
     AlertsResponse,
@@ -64,7 +64,7 @@ from fitting_room.schemas import (
 )
 from fitting_room.service import ExitReport, FittingRoomService
 from fitting_room.settings import Settings
-from fitting_room.store import Store
+from fitting_room.store import Database
 from models import AnomalyDetector, DurationPredictor
 
 logger = logging.getLogger("fitting_room.api")
@@ -126,14 +126,28 @@ class ModelStatus:
 
 
 @dataclass
+class StoreContext:
+    """One store of the chain as its requests see it: its service and the models that service uses."""
+
+    store_id: str
+    settings: Settings
+    service: FittingRoomService
+    models: ModelStatus
+
+
+@dataclass
 class AppState:
     """What the lifespan opens and every request shares."""
 
     settings: Settings
-    service: FittingRoomService
+    database: Database
+    stores: dict[str, StoreContext]
     keyring: KeyRing | None
     metrics: Metrics
-    models: ModelStatus
+
+    def waitlist_length(self) -> int:
+        """Customers waiting across every store of this service."""
+        return sum(ctx.service.waitlist_length() for ctx in self.stores.values())
 
 
 def load_models(model_dir: Path) -> tuple[DurationPredictor, AnomalyDetector, dict[str, Any]]:
@@ -144,38 +158,73 @@ def load_models(model_dir: Path) -> tuple[DurationPredictor, AnomalyDetector, di
     return DurationPredictor.load(duration_path), AnomalyDetector.load(anomaly_path), manifest
 
 
+def served_stores(rooms: dict[str, list[RoomSpec]], keyring: KeyRing | None) -> list[str]:
+    """Stores this service opens: every store of the rooms file; each key's store must be among them."""
+    needed = keyring.stores if keyring is not None else {DEFAULT_STORE}
+    missing = sorted(needed - rooms.keys())
+    if missing:
+        why = "API keys belong to" if keyring is not None else "without API keys the service serves"
+        raise DataContractError(f"{why} store(s) {', '.join(missing)} with no rooms in the rooms file")
+    return sorted(rooms)
+
+
 def open_state(settings: Settings, metrics: Metrics) -> AppState:
-    """Open the store, sync the rooms file, load keys, the catalog and the verified models."""
+    """Migrate the database, sync each store's rooms, load keys, the catalog and the verified models."""
     keyring = KeyRing.load(settings.api_keys_file) if settings.api_keys_file else None
     if keyring is None:
         logger.warning("authentication is off: set FITTING_ROOM_API_KEYS_FILE to require API keys")
     catalog = Catalog.load(settings.data_dir / "item_database.json")
-    store = Store(settings.database_url)
-    store.create_schema()
-    with store.write() as tx:
-        kept = tx.sync_rooms(load_rooms(settings.rooms_file))
-    if kept:
-        logger.warning("rooms %s are no longer configured but occupied; kept until released", kept)
+    rooms = load_store_rooms(settings.rooms_file)
+    database = Database(settings.database_url)
+    database.migrate()
     rules = Rules(policy=settings.policy, max_passes=settings.max_passes, express_aging=settings.express_aging or None)
-    service = FittingRoomService(store, rules, catalog, UnavailableModel("loading"), UnavailableModel("loading"))
-    status = swap_models(service, settings.model_dir, metrics)
-    metrics.watch_waitlist(service.waitlist_length)
-    return AppState(settings, service, keyring, metrics, status)
+    stores: dict[str, StoreContext] = {}
+    for store_id in served_stores(rooms, keyring):
+        store = database.store(store_id)
+        store.ensure_store_row()
+        service = FittingRoomService(store, rules, catalog, UnavailableModel("loading"), UnavailableModel("loading"))
+        kept = service.configure_rooms(rooms[store_id], datetime.now(UTC))
+        if kept:
+            logger.warning(
+                "store %s: rooms %s are no longer configured but occupied; kept until released", store_id, kept
+            )
+        stores[store_id] = StoreContext(store_id, settings, service, ModelStatus(error="loading"))
+    state = AppState(settings, database, stores, keyring, metrics)
+    load_all_models(state)
+    metrics.watch_waitlist(state.waitlist_length)
+    return state
 
 
-def swap_models(service: FittingRoomService, model_dir: Path, metrics: Metrics) -> ModelStatus:
+def model_dir_for(settings: Settings, store_id: str) -> Path:
+    """Where a store's models live: its own folder under model_dir when models are per store."""
+    return settings.model_dir / store_id if settings.models_per_store else settings.model_dir
+
+
+def load_all_models(state: AppState) -> None:
+    """Load verified models for every store (once when they are shared); a failure is kept and reported."""
+    loaded: dict[Path, ModelStatus] = {}
+    for ctx in state.stores.values():
+        folder = model_dir_for(state.settings, ctx.store_id)
+        if folder not in loaded:
+            loaded[folder] = swap_models(ctx.service, folder)
+        else:
+            shared = next(c for c in state.stores.values() if model_dir_for(state.settings, c.store_id) == folder)
+            ctx.service.predictor, ctx.service.detector = shared.service.predictor, shared.service.detector
+        ctx.models = loaded[folder]
+    versions = {pair for status in loaded.values() for pair in status.versions()}
+    state.metrics.set_models(sorted(versions))
+
+
+def swap_models(service: FittingRoomService, model_dir: Path) -> ModelStatus:
     """Load verified models and put them in service; on failure keep serving without them and say why."""
     try:
         predictor, detector, manifest = load_models(model_dir)
     except (ModelLoadError, DataContractError, OSError) as err:
-        logger.error("models not loaded: %s", err)
+        logger.error("models not loaded from %s: %s", model_dir, err)
         service.predictor = service.detector = UnavailableModel(str(err))
-        metrics.set_models([])
         return ModelStatus(error=str(err))
     service.predictor, service.detector = predictor, detector
-    status = ModelStatus(manifest=manifest)
-    metrics.set_models(status.versions())
-    return status
+    return ModelStatus(manifest=manifest)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -192,7 +241,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             yield
         finally:
-            state.service.store.close()
+            state.database.close()
 
     app = FastAPI(
         title="Smart Fitting Room",
@@ -205,7 +254,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(BodySizeLimitMiddleware)
     app.add_middleware(RequestContextMiddleware, metrics=metrics)
     _add_routes(app)
-    app.include_router(dashboard_router(dependencies=[requires_for_stream(Role.STAFF, "watch the dashboard")]))
+    app.include_router(dashboard_router(context=store_access(Role.STAFF, "watch the dashboard", from_query=True)))
     return app
 
 
@@ -235,37 +284,39 @@ IdempotencyKey = Annotated[
 ]
 
 
-def requires(role: Role, action: str) -> Any:
-    """Dependency: the caller's key must have at least `role` (no keys configured: open)."""
+def _caller_store(state: AppState, key: str | None, role: Role, action: str) -> StoreContext:
+    if state.keyring is None:
+        return state.stores[DEFAULT_STORE]
+    found, store_id = state.keyring.identify(key)
+    authorize(found, role, action)
+    return state.stores[store_id]
 
-    def check(state: State, key: Annotated[str | None, Security(api_key_header)]) -> None:
-        if state.keyring is None:
-            return
-        found, _store = state.keyring.identify(key)
-        authorize(found, role, action)
+
+def store_access(role: Role, action: str, *, from_query: bool = False) -> Any:
+    """Dependency: the store of the caller's key, which must have at least `role` (no keys: the default store).
+
+    `from_query` also accepts the key as ?api_key= (a browser's EventSource cannot send headers).
+    """
+    if from_query:
+
+        def check_stream(
+            state: State,
+            header: Annotated[str | None, Security(api_key_header)],
+            query: Annotated[str | None, Security(api_key_query)],
+        ) -> StoreContext:
+            return _caller_store(state, header or query, role, action)
+
+        return Depends(check_stream)
+
+    def check(state: State, key: Annotated[str | None, Security(api_key_header)]) -> StoreContext:
+        return _caller_store(state, key, role, action)
 
     return Depends(check)
 
 
-def requires_for_stream(role: Role, action: str) -> Any:
-    """Like `requires`, but the key may also come as ?api_key= (for EventSource)."""
-
-    def check(
-        state: State,
-        header: Annotated[str | None, Security(api_key_header)],
-        query: Annotated[str | None, Security(api_key_query)],
-    ) -> None:
-        if state.keyring is None:
-            return
-        found, _store = state.keyring.identify(header or query)
-        authorize(found, role, action)
-
-    return Depends(check)
-
-
-KIOSK = [requires(Role.KIOSK, "use the kiosk endpoints")]
-STAFF = [requires(Role.STAFF, "use staff endpoints")]
-ADMIN = [requires(Role.ADMIN, "administer the service")]
+Kiosk = Annotated[StoreContext, store_access(Role.KIOSK, "use the kiosk endpoints")]
+Staff = Annotated[StoreContext, store_access(Role.STAFF, "use staff endpoints")]
+Admin = Annotated[StoreContext, store_access(Role.ADMIN, "administer the service")]
 
 
 def event_time(value: datetime | None, settings: Settings) -> datetime:
@@ -278,14 +329,14 @@ def event_time(value: datetime | None, settings: Settings) -> datetime:
 
 
 def once(
-    state: AppState, key: str | None, request: Request, body: BaseModel | None, action: Callable[[], BaseModel]
+    ctx: StoreContext, key: str | None, request: Request, body: BaseModel | None, action: Callable[[], BaseModel]
 ) -> Any:
     """Run a state change once per Idempotency-Key, storing its response in the same transaction."""
     if key is None:
         return action()
     canonical = body.model_dump_json() if body is not None else ""
     stored, replayed = run_once(
-        state.service.store,
+        ctx.service.store,
         key,
         fingerprint(request.method, request.url.path, canonical),
         datetime.now(UTC),
@@ -313,9 +364,10 @@ def _add_routes(app: FastAPI) -> None:
     @app.get("/readyz", response_model=ReadinessResponse, responses={503: {"model": ReadinessResponse}})
     def readyz(state: State) -> Any:
         """Ready when the models are verified and loaded and the database accepts a write."""
-        problems = [f"models: {state.models.error}"] if state.models.error else []
+        problems = [f"models of {c.store_id}: {c.models.error}" for c in state.stores.values() if c.models.error]
         try:
-            state.service.store.ping()
+            for ctx in state.stores.values():
+                ctx.service.store.ping()
         except Exception as err:  # any database failure means not ready, whatever its type
             problems.append(f"database: {type(err).__name__}: {err}")
         body = ReadinessResponse(status="ready" if not problems else "not ready", problems=problems)
@@ -326,76 +378,76 @@ def _add_routes(app: FastAPI) -> None:
         """Requests, latency, assignments, waitlist length, alerts and model versions."""
         return Response(state.metrics.render(), media_type=CONTENT_TYPE)
 
-    @app.get("/models", response_model=LoadedModelsResponse, dependencies=STAFF, responses=ERRORS)
-    def loaded_models(state: State) -> LoadedModelsResponse:
-        """What is loaded: versions, training time, data size and headline metrics."""
-        return presenters.models_response(state.models.manifest, state.models.error)
+    @app.get("/models", response_model=LoadedModelsResponse, responses=ERRORS)
+    def loaded_models(store: Staff) -> LoadedModelsResponse:
+        """What is loaded for the caller's store: versions, training time, data size and headline metrics."""
+        return presenters.models_response(store.models.manifest, store.models.error)
 
-    @app.post("/models/reload", response_model=LoadedModelsResponse, dependencies=ADMIN, responses=ERRORS)
-    def reload_models(state: State) -> LoadedModelsResponse:
-        """Verify the artifacts on disk and swap them in without a restart."""
-        state.models = swap_models(state.service, state.settings.model_dir, state.metrics)
-        if state.models.error:
-            raise ServiceUnavailableError(f"models not loaded: {state.models.error}")
-        return presenters.models_response(state.models.manifest, None)
+    @app.post("/models/reload", response_model=LoadedModelsResponse, responses=ERRORS)
+    def reload_models(store: Admin, state: State) -> LoadedModelsResponse:
+        """Verify the artifacts on disk and swap them in without a restart (every store sharing them)."""
+        load_all_models(state)
+        if store.models.error:
+            raise ServiceUnavailableError(f"models not loaded: {store.models.error}")
+        return presenters.models_response(store.models.manifest, None)
 
-    @app.put("/rooms", response_model=RoomsConfigResponse, dependencies=ADMIN, responses=ERRORS)
-    def configure_rooms(body: RoomsConfigRequest, state: State) -> RoomsConfigResponse:
-        """Replace the room configuration (admin); occupied rooms that are removed stay until released."""
+    @app.put("/rooms", response_model=RoomsConfigResponse, responses=ERRORS)
+    def configure_rooms(body: RoomsConfigRequest, store: Admin) -> RoomsConfigResponse:
+        """Replace the caller's store's rooms (admin); occupied rooms that are removed stay until released."""
         specs = parse_rooms([room.model_dump() for room in body.rooms], "request body")
-        kept = state.service.configure_rooms(specs, event_time(None, state.settings))
+        kept = store.service.configure_rooms(specs, event_time(None, store.settings))
         return RoomsConfigResponse(rooms=[spec.room_id for spec in specs], kept_occupied=kept)
 
-    @app.post("/predict_duration", response_model=PredictDurationResponse, dependencies=KIOSK, responses=ERRORS)
-    def predict_duration(body: PredictDurationRequest, state: State) -> PredictDurationResponse:
+    @app.post("/predict_duration", response_model=PredictDurationResponse, responses=ERRORS)
+    def predict_duration(body: PredictDurationRequest, store: Kiosk) -> PredictDurationResponse:
         """Predict how long a session with these items will take."""
-        entry = event_time(body.entry_time, state.settings)
-        return presenters.prediction_response(state.service.predict(body.item_ids, entry, body.level))
+        entry = event_time(body.entry_time, store.settings)
+        return presenters.prediction_response(store.service.predict(body.item_ids, entry, body.level))
 
-    @app.post("/assign_room", response_model=AssignRoomResponse, dependencies=KIOSK, responses=ERRORS)
+    @app.post("/assign_room", response_model=AssignRoomResponse, responses=ERRORS)
     def assign_room(
-        body: AssignRoomRequest, state: State, request: Request, idempotency_key: IdempotencyKey = None
+        body: AssignRoomRequest, store: Kiosk, state: State, request: Request, idempotency_key: IdempotencyKey = None
     ) -> Any:
         """Assign the best free room, or a durable place on the waitlist."""
 
         def act() -> AssignRoomResponse:
-            now = event_time(body.timestamp, state.settings)
-            view = state.service.assign(body.item_ids, body.accessible, now, server_clock=body.timestamp is None)
+            now = event_time(body.timestamp, store.settings)
+            view = store.service.assign(body.item_ids, body.accessible, now, server_clock=body.timestamp is None)
             response = presenters.assignment_response(view)
             state.metrics.assignments.labels(outcome=response.status).inc()
             return response
 
-        return once(state, idempotency_key, request, body, act)
+        return once(store, idempotency_key, request, body, act)
 
-    @app.get("/rooms/status", response_model=RoomsStatusResponse, dependencies=KIOSK, responses=ERRORS)
-    def rooms_status(state: State, at: At = None) -> RoomsStatusResponse:
-        """Every room and the waitlist with live estimates."""
-        return presenters.floor_response(state.service.floor_status(event_time(at, state.settings)))
+    @app.get("/rooms/status", response_model=RoomsStatusResponse, responses=ERRORS)
+    def rooms_status(store: Kiosk, at: At = None) -> RoomsStatusResponse:
+        """Every room of the caller's store and its waitlist with live estimates."""
+        return presenters.floor_response(store.service.floor_status(event_time(at, store.settings)))
 
-    @app.get("/sessions/{session_id}", response_model=SessionResponse, dependencies=KIOSK, responses=ERRORS)
-    def get_session(session_id: SessionId, state: State, at: At = None) -> SessionResponse:
+    @app.get("/sessions/{session_id}", response_model=SessionResponse, responses=ERRORS)
+    def get_session(session_id: SessionId, store: Kiosk, at: At = None) -> SessionResponse:
         """A session: status, room, or position and estimated wait while waiting."""
-        view = state.service.session(session_id, event_time(at, state.settings))
+        view = store.service.session(session_id, event_time(at, store.settings))
         return presenters.session_response(view)
 
-    @app.post("/sessions/{session_id}/cancel", response_model=SessionResponse, dependencies=KIOSK, responses=ERRORS)
+    @app.post("/sessions/{session_id}/cancel", response_model=SessionResponse, responses=ERRORS)
     def cancel_session(
-        session_id: SessionId, state: State, request: Request, idempotency_key: IdempotencyKey = None
+        session_id: SessionId, store: Kiosk, request: Request, idempotency_key: IdempotencyKey = None
     ) -> Any:
         """A waiting customer leaves the line; positions behind close up."""
 
         def act() -> SessionResponse:
-            now = event_time(None, state.settings)
-            return presenters.session_response(state.service.cancel(session_id, now))
+            now = event_time(None, store.settings)
+            return presenters.session_response(store.service.cancel(session_id, now))
 
-        return once(state, idempotency_key, request, None, act)
+        return once(store, idempotency_key, request, None, act)
 
-    @app.post("/detect_anomaly", response_model=DetectAnomalyResponse, dependencies=STAFF, responses=ERRORS)
+    @app.post("/detect_anomaly", response_model=DetectAnomalyResponse, responses=ERRORS)
     def detect_anomaly(
-        body: DetectAnomalyRequest, state: State, request: Request, idempotency_key: IdempotencyKey = None
+        body: DetectAnomalyRequest, store: Staff, state: State, request: Request, idempotency_key: IdempotencyKey = None
     ) -> Any:
         """Check a finished session; for the session in that room, complete it and free the room."""
-        settings = state.settings
+        settings = store.settings
 
         def act() -> DetectAnomalyResponse:
             report = ExitReport(
@@ -408,7 +460,7 @@ def _add_routes(app: FastAPI) -> None:
                 actual_duration=body.actual_duration,
                 predicted_duration=body.predicted_duration,
             )
-            response = presenters.exit_response(state.service.check_exit(report, event_time(None, settings)))
+            response = presenters.exit_response(store.service.check_exit(report, event_time(None, settings)))
             if response.next_assignment is not None:
                 state.metrics.assignments.labels(outcome="promoted").inc()
             if response.alert_id is not None:
@@ -416,27 +468,27 @@ def _add_routes(app: FastAPI) -> None:
                     state.metrics.alerts.labels(reason=reason.code).inc()
             return response
 
-        return once(state, idempotency_key, request, body, act)
+        return once(store, idempotency_key, request, body, act)
 
-    @app.get("/alerts", response_model=AlertsResponse, dependencies=STAFF, responses=ERRORS)
+    @app.get("/alerts", response_model=AlertsResponse, responses=ERRORS)
     def list_alerts(
-        state: State,
+        store: Staff,
         status: Annotated[str | None, Query(pattern="^(open|resolved)$", description="Filter.")] = None,
         limit: Annotated[int, Query(ge=1, le=500, description="Most alerts returned.")] = 100,
     ) -> AlertsResponse:
         """Alerts for staff, open ones first."""
-        alerts = state.service.list_alerts(status, limit)
+        alerts = store.service.list_alerts(status, limit)
         return AlertsResponse(alerts=[presenters.alert_response(a) for a in alerts])
 
-    @app.post("/alerts/{alert_id}/resolve", response_model=AlertResponse, dependencies=STAFF, responses=ERRORS)
+    @app.post("/alerts/{alert_id}/resolve", response_model=AlertResponse, responses=ERRORS)
     def resolve_alert(
         alert_id: Annotated[int, PathParam(ge=1, le=2**62, description="Alert id.")],
         body: ResolveAlertRequest,
-        state: State,
+        store: Staff,
     ) -> AlertResponse:
         """Record what staff found; the outcome becomes a training label."""
-        now = event_time(None, state.settings)
-        alert = state.service.resolve_alert(alert_id, body.outcome, body.note, now)
+        now = event_time(None, store.settings)
+        alert = store.service.resolve_alert(alert_id, body.outcome, body.note, now)
         return presenters.alert_response(alert)
 
 

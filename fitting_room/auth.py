@@ -15,8 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from fitting_room.errors import AuthenticationError, DataContractError, PermissionDeniedError
-
-DEFAULT_STORE = "default"
+from fitting_room.rooms import DEFAULT_STORE
 
 
 class Role(IntEnum):
@@ -44,6 +43,11 @@ class KeyRing:
 
     def __len__(self) -> int:
         return len(self._entries)
+
+    @property
+    def stores(self) -> set[str]:
+        """Every store some key belongs to."""
+        return {store for _digest, _role, store in self._entries}
 
     @classmethod
     def load(cls, path: Path) -> KeyRing:

@@ -46,8 +46,8 @@ STREAM_SECONDS = 20.0
 RETRY_MILLISECONDS = 500
 
 
-class AppContext(Protocol):
-    """What the dashboard reads of the app's lifespan state (`api.AppState`)."""
+class StoreContext(Protocol):
+    """What the dashboard reads of the caller's store (`api.StoreContext`)."""
 
     @property
     def settings(self) -> Settings:
@@ -56,7 +56,7 @@ class AppContext(Protocol):
 
     @property
     def service(self) -> FittingRoomService:
-        """The shared service, whose `store` holds the event log."""
+        """The store's service, whose `store` holds its event log."""
         ...
 
 
@@ -130,16 +130,17 @@ def day_summary(tx: Transaction, day: date, zone: ZoneInfo) -> DaySummary:
     def count(*conditions: ColumnElement[bool], table: Any = sessions_table) -> int:
         return int(tx.conn.execute(select(func.count()).select_from(table).where(*conditions)).scalar_one())
 
-    started = tx.conn.execute(select(s.arrived_at, s.assigned_at).where(within(s.assigned_at))).all()
+    ours, our_alerts = s.store_id == tx.store_id, a.store_id == tx.store_id
+    started = tx.conn.execute(select(s.arrived_at, s.assigned_at).where(ours, within(s.assigned_at))).all()
     waits = [max((assigned - arrived).total_seconds() / 60.0, 0.0) for arrived, assigned in started]
     return DaySummary(
         day=day,
-        arrivals=count(within(s.arrived_at)),
+        arrivals=count(ours, within(s.arrived_at)),
         sessions_started=len(started),
-        sessions_completed=count(s.status == SessionStatus.COMPLETED.value, within(s.ended_at)),
+        sessions_completed=count(ours, s.status == SessionStatus.COMPLETED.value, within(s.ended_at)),
         waits=waits,
-        alerts_raised=count(within(a.raised_at), table=alerts_table),
-        alerts_resolved=count(within(a.resolved_at), table=alerts_table),
+        alerts_raised=count(our_alerts, within(a.raised_at), table=alerts_table),
+        alerts_resolved=count(our_alerts, within(a.resolved_at), table=alerts_table),
     )
 
 
@@ -184,11 +185,6 @@ def parse_last_event_id(value: str | None) -> int | None:
     return int(value.strip())
 
 
-def _context(request: Request) -> AppContext:
-    ctx: AppContext = request.app.state.ctx
-    return ctx
-
-
 def _as_of(at: datetime | None, zone: ZoneInfo, clock: Callable[[], datetime]) -> datetime:
     if at is None:
         return clock()
@@ -205,15 +201,14 @@ def dashboard_router(
     heartbeat_seconds: float = HEARTBEAT_SECONDS,
     stream_seconds: float = STREAM_SECONDS,
     clock: Callable[[], datetime] = _utc_now,
-    dependencies: Sequence[Any] = (),
+    context: Any,
 ) -> APIRouter:
     """Routes of the staff dashboard: the page, its assets, `/events` and `/dashboard/summary`.
 
-    `dependencies` guard the two data routes (e.g. a staff-key check); the page and its assets stay open
-    because the page itself asks for the key.
+    `context` is the dependency that checks the caller's key and gives its store (a `StoreContext`); it guards
+    the two data routes. The page and its assets stay open because the page itself asks for the key.
     """
     router = APIRouter(tags=["dashboard"])
-    guarded = list(dependencies)
 
     @router.get("/dashboard", response_class=HTMLResponse, include_in_schema=False)
     def dashboard_page() -> FileResponse:
@@ -228,9 +223,8 @@ def dashboard_router(
             raise HTTPException(status_code=404, detail=f"no dashboard asset {name!r}")
         return FileResponse(STATIC_DIR / name, media_type=media_type, headers=NO_CACHE)
 
-    @router.get("/dashboard/summary", response_model=DashboardSummary, dependencies=guarded)
+    @router.get("/dashboard/summary", response_model=DashboardSummary)
     def dashboard_summary(
-        request: Request,
         at: Annotated[
             EventTime | None,
             Query(
@@ -238,9 +232,9 @@ def dashboard_router(
                 "Default: now."
             ),
         ] = None,
+        ctx: StoreContext = context,
     ) -> DashboardSummary:
         """Today's numbers: arrivals, sessions, mean and p90 wait, alerts raised and resolved."""
-        ctx = _context(request)
         zone = ctx.settings.zone
         day = _as_of(at, zone, clock).astimezone(zone).date()
         with ctx.service.store.read() as tx:
@@ -250,7 +244,6 @@ def dashboard_router(
     @router.get(
         "/events",
         response_class=StreamingResponse,
-        dependencies=guarded,
         responses={
             200: {
                 "description": "A `text/event-stream`. First a `ready` event whose `id` is the newest log "
@@ -277,6 +270,7 @@ def dashboard_router(
     )
     async def events(
         request: Request,
+        ctx: StoreContext = context,
         last_event_id: Annotated[
             str | None,
             Header(
@@ -286,7 +280,7 @@ def dashboard_router(
         ] = None,
     ) -> StreamingResponse:
         """Live changes of the store as server-sent events, resumable with Last-Event-ID."""
-        store = _context(request).service.store
+        store = ctx.service.store
 
         def newest() -> int:
             with store.read() as tx:

@@ -27,6 +27,12 @@ def run_once(
     store: Store, key: str, request_fingerprint: str, now: datetime, action: Callable[[], dict[str, Any]]
 ) -> tuple[dict[str, Any], bool]:
     """Run `action` once per key; returns (response body, whether it was replayed)."""
+    return store.retrying(lambda: _run_once(store, key, request_fingerprint, now, action))
+
+
+def _run_once(
+    store: Store, key: str, request_fingerprint: str, now: datetime, action: Callable[[], dict[str, Any]]
+) -> tuple[dict[str, Any], bool]:
     with store.write() as tx:
         found = tx.get_idempotency(key)
         if found is not None:

@@ -1,4 +1,8 @@
-"""The rooms file: which fitting rooms a store has and what each takes."""
+"""The rooms file: which fitting rooms a store (or each store of a chain) has and what each takes.
+
+A JSON list of rooms configures the default store. A chain writes a JSON object instead, one entry per store
+id: either that store's list of rooms or the path of its own rooms file (relative to this file).
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,8 @@ from typing import Any
 
 from fitting_room.engine import RoomSpec
 from fitting_room.errors import DataContractError
+
+DEFAULT_STORE = "default"
 
 _KNOWN_KEYS = {"room_id", "max_items", "accessible", "attributes"}
 
@@ -39,12 +45,33 @@ def parse_rooms(data: Any, source: str) -> list[RoomSpec]:
     return specs
 
 
-def load_rooms(path: Path) -> list[RoomSpec]:
-    """Rooms from a rooms file."""
+def _read_json(path: Path) -> Any:
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise DataContractError(f"{path}: rooms file not found") from None
     except json.JSONDecodeError as err:
         raise DataContractError(f"{path}: not valid JSON (line {err.lineno}): {err.msg}") from None
-    return parse_rooms(data, str(path))
+
+
+def load_rooms(path: Path) -> list[RoomSpec]:
+    """Rooms of one store from a rooms file holding a list."""
+    return parse_rooms(_read_json(path), str(path))
+
+
+def load_store_rooms(path: Path) -> dict[str, list[RoomSpec]]:
+    """Rooms of every store a rooms file configures: {store id: rooms} (a plain list is the default store's)."""
+    data = _read_json(path)
+    if isinstance(data, list):
+        return {DEFAULT_STORE: parse_rooms(data, str(path))}
+    if not isinstance(data, dict) or not data:
+        raise DataContractError(f"{path}: expected a list of rooms or an object of stores")
+    stores: dict[str, list[RoomSpec]] = {}
+    for store_id, entry in data.items():
+        if not 1 <= len(store_id) <= 64:
+            raise DataContractError(f"{path}: store id {store_id[:70]!r} must have 1-64 characters")
+        if isinstance(entry, str):
+            stores[store_id] = load_rooms(path.parent / entry)
+        else:
+            stores[store_id] = parse_rooms(entry, f"{path}: store {store_id}")
+    return stores

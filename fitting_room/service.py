@@ -209,6 +209,9 @@ class FittingRoomService:
             arrived_at=now,
             prediction=prediction,
         )
+        return self.store.retrying(lambda: self._admit(session, now, server_clock))
+
+    def _admit(self, session: Session, now: datetime, server_clock: bool) -> SessionView:
         with self.store.write() as tx:
             floor = tx.load_floor()
             if server_clock:
@@ -219,6 +222,9 @@ class FittingRoomService:
 
     def cancel(self, session_id: str, now: datetime) -> SessionView:
         """Take a waiting customer out of the line."""
+        return self.store.retrying(lambda: self._cancel(session_id, now))
+
+    def _cancel(self, session_id: str, now: datetime) -> SessionView:
         with self.store.write() as tx:
             self._require_session(tx.session_exists(session_id), session_id)
             floor = tx.load_floor()
@@ -243,6 +249,9 @@ class FittingRoomService:
 
         Returns the ids of rooms no longer configured but kept because a customer is in them.
         """
+        return self.store.retrying(lambda: self._configure_rooms(specs, now))
+
+    def _configure_rooms(self, specs: Sequence[RoomSpec], now: datetime) -> list[str]:
         with self.store.write() as tx:
             kept = tx.sync_rooms(specs)
             floor = tx.load_floor()
@@ -276,7 +285,7 @@ class FittingRoomService:
             raise NotFoundError(f"unknown room {report.room_id!r}")
         if not known:
             return self._analyse_unknown(report, now)
-        return self._complete(report, now)
+        return self.store.retrying(lambda: self._complete(report, now))
 
     def list_alerts(self, status: str | None = None, limit: int = 100) -> list[Alert]:
         """Alerts for staff, open ones first."""
@@ -287,6 +296,9 @@ class FittingRoomService:
         """Record what staff found for an alert (its label for the next training)."""
         if outcome not in ALERT_OUTCOMES:
             raise InvalidRequestError(f"outcome must be one of {', '.join(ALERT_OUTCOMES)}")
+        return self.store.retrying(lambda: self._resolve_alert(alert_id, outcome, note, now))
+
+    def _resolve_alert(self, alert_id: int, outcome: str, note: str | None, now: datetime) -> Alert:
         with self.store.write() as tx:
             alert = tx.get_alert(alert_id)
             if alert.status == "resolved":

@@ -26,17 +26,24 @@ class Settings(BaseSettings):
     model_dir: Path = Field(Path("models"), description="Folder holding the joblib model files.")
     database: str = Field(
         "data/fitting_rooms.db",
-        description="State store: a file path means SQLite; a SQLAlchemy URL is used as given.",
+        description="State store: a file path means SQLite; postgresql://user@host:port/db (served by psycopg 3) "
+        "or any SQLAlchemy URL is used as given.",
     )
     rooms_file: Path = Field(
         REPO_DIR / "rooms.json",
-        description='JSON list of rooms: [{"room_id": "room_1", "max_items": 8, "accessible": false}].',
+        description='JSON list of rooms: [{"room_id": "room_1", "max_items": 8, "accessible": false}]; a chain '
+        'writes {"<store id>": [rooms...] or "<that store\'s rooms file>", ...}.',
+    )
+    models_per_store: bool = Field(
+        False,
+        description="Each store uses its own models from model_dir/<store id>/ instead of the shared model_dir.",
     )
     timezone: str = Field("UTC", description="IANA time zone of the store, for time-of-day features.")
     policy: Policy = Field(Policy.FIFO, description="Waitlist policy: fifo or express.")
     api_keys_file: Path | None = Field(
         None,
-        description='JSON {"<key>": "kiosk" | "staff" | "admin"}; unset means the service runs open.',
+        description='JSON {"<key>": "kiosk" | "staff" | "admin"} (the default store) or {"<key>": {"role": '
+        '"kiosk", "store": "berlin-01"}}; unset means the service runs open, for the default store.',
     )
     max_passes: int = Field(
         3,
@@ -68,6 +75,9 @@ class Settings(BaseSettings):
     @property
     def database_url(self) -> str:
         """SQLAlchemy URL of the state store (a plain path becomes a SQLite file URL)."""
+        if self.database.startswith(("postgresql://", "postgres://")):
+            # As people write it; SQLAlchemy would pick psycopg2 for the bare scheme, we ship psycopg 3.
+            return "postgresql+psycopg://" + self.database.split("://", 1)[1]
         if "://" in self.database:
             return self.database
         return f"sqlite:///{Path(self.database).expanduser().resolve()}"

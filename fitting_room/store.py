@@ -9,12 +9,13 @@ the engine's invariants: one active session per room and one room per session.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import (
     JSON,
@@ -29,6 +30,7 @@ from sqlalchemy import (
     MetaData,
     String,
     Table,
+    and_,
     create_engine,
     event,
     func,
@@ -37,6 +39,8 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.engine import Connection, Engine, RowMapping
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.types import TypeDecorator
 
 from fitting_room.engine import (
@@ -50,6 +54,7 @@ from fitting_room.engine import (
     SessionStatus,
 )
 from fitting_room.errors import NotFoundError
+from fitting_room.rooms import DEFAULT_STORE
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -83,6 +88,7 @@ store_state = Table(
 rooms_table = Table(
     "rooms",
     metadata,
+    Column("store_id", String(64), ForeignKey("store_state.store_id"), primary_key=True),
     Column("room_id", String(64), primary_key=True),
     Column("max_items", Integer, nullable=False),
     Column("accessible", Boolean, nullable=False),
@@ -96,11 +102,12 @@ sessions_table = Table(
     "sessions",
     metadata,
     Column("session_id", String(64), primary_key=True),
+    Column("store_id", String(64), ForeignKey("store_state.store_id"), nullable=False),
     Column("status", String(16), nullable=False),
     Column("item_ids", JSON, nullable=False),
     Column("needs_accessible", Boolean, nullable=False),
     Column("arrived_at", UTCDateTime, nullable=False),
-    Column("queue_seq", Integer, nullable=True, unique=True),
+    Column("queue_seq", Integer, nullable=True),
     Column("passed_over", Integer, nullable=False),
     Column("room_id", String(64), nullable=True),
     Column("assigned_at", UTCDateTime, nullable=True),
@@ -116,19 +123,23 @@ sessions_table = Table(
     Column("actual_duration", Float, nullable=True),
     Column("anomaly", JSON, nullable=True),
 )
+# The database itself refuses what the engine promises, even if code is wrong or two replicas race.
 Index(
     "one_active_session_per_room",
+    sessions_table.c.store_id,
     sessions_table.c.room_id,
     unique=True,
     sqlite_where=sessions_table.c.status == SessionStatus.ASSIGNED.value,
     postgresql_where=sessions_table.c.status == SessionStatus.ASSIGNED.value,
 )
-Index("sessions_by_status", sessions_table.c.status)
+Index("one_waitlist_place_per_number", sessions_table.c.store_id, sessions_table.c.queue_seq, unique=True)
+Index("sessions_by_status", sessions_table.c.store_id, sessions_table.c.status)
 
 alerts_table = Table(
     "alerts",
     metadata,
     Column("alert_id", Integer, primary_key=True, autoincrement=True),
+    Column("store_id", String(64), ForeignKey("store_state.store_id"), nullable=False, index=True),
     Column("session_id", String(64), ForeignKey("sessions.session_id"), nullable=False, unique=True),
     Column("room_id", String(64), nullable=False),
     Column("raised_at", UTCDateTime, nullable=False),
@@ -147,9 +158,11 @@ events_table = Table(
     "events",
     metadata,
     Column("event_id", Integer, primary_key=True, autoincrement=True),
+    Column("store_id", String(64), nullable=False),
     Column("kind", String(32), nullable=False),
     Column("payload", JSON, nullable=False),
 )
+Index("events_by_store", events_table.c.store_id, events_table.c.event_id)
 
 idempotency_table = Table(
     "idempotency_keys",
@@ -161,7 +174,7 @@ idempotency_table = Table(
     Column("created_at", UTCDateTime, nullable=False, index=True),
 )
 
-DEFAULT_STORE = "default"
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -228,25 +241,67 @@ def make_engine(url: str) -> Engine:
     return create_engine(url, pool_pre_ping=True)
 
 
-class Store:
-    """The one place state lives; `write()` and `read()` hand out transactions over it."""
+class Database:
+    """One database shared by every store of a chain: the engine, its schema and this process's write locks."""
 
-    def __init__(self, url: str, store_id: str = DEFAULT_STORE) -> None:
+    def __init__(self, url: str) -> None:
+        self.url = url
         self.engine = make_engine(url)
-        self.store_id = store_id
-        # Writers in this process queue here instead of spinning on the database lock.
-        self._write_lock = threading.Lock()
-        self._current: ContextVar[Transaction | None] = ContextVar(f"store-tx-{id(self)}", default=None)
+        # Writers of one store in this process queue here instead of spinning on the database lock.
+        self._locks: dict[str, threading.Lock] = {}
+        self._locks_guard = threading.Lock()
 
-    def create_schema(self) -> None:
-        """Create missing tables and this store's state row."""
-        metadata.create_all(self.engine)
-        with self.write() as tx:
-            tx.ensure_store_row()
+    def store(self, store_id: str = DEFAULT_STORE) -> Store:
+        """The view of one store's rows."""
+        return Store(self, store_id)
+
+    def write_lock(self, store_id: str) -> threading.Lock:
+        """This process's lock for writers of `store_id`."""
+        with self._locks_guard:
+            return self._locks.setdefault(store_id, threading.Lock())
+
+    def migrate(self) -> None:
+        """Bring the schema to the newest migration (creates it in an empty database)."""
+        from fitting_room.migrations import upgrade
+
+        upgrade(self.engine)
 
     def close(self) -> None:
         """Release pooled connections."""
         self.engine.dispose()
+
+
+class Store:
+    """One store's rooms, sessions and alerts; `write()` and `read()` hand out transactions over them."""
+
+    def __init__(self, database: Database | str, store_id: str = DEFAULT_STORE) -> None:
+        self.database = Database(database) if isinstance(database, str) else database
+        self.engine = self.database.engine
+        self.store_id = store_id
+        self._write_lock = self.database.write_lock(store_id)
+        self._current: ContextVar[Transaction | None] = ContextVar(f"store-tx-{id(self)}", default=None)
+
+    def create_schema(self) -> None:
+        """Migrate the database to the newest schema and add this store's state row."""
+        self.database.migrate()
+        self.ensure_store_row()
+
+    def ensure_store_row(self) -> None:
+        """Add this store's state row if it is missing (replicas starting together may race: one wins)."""
+        try:
+            with self.engine.connect() as conn, conn.begin():
+                Transaction(conn, self.store_id).ensure_store_row()
+        except IntegrityError:
+            pass  # another process inserted it between our check and our insert
+
+    def close(self) -> None:
+        """Release pooled connections."""
+        self.database.close()
+
+    @property
+    def in_transaction(self) -> bool:
+        """True inside a transaction of this context (a retry must then start from the outermost one)."""
+        return self._current.get() is not None
 
     @contextmanager
     def write(self) -> Iterator[Transaction]:
@@ -285,6 +340,35 @@ class Store:
         with self.write():
             pass
 
+    def retrying(self, action: Callable[[], T]) -> T:
+        """Run `action` (one or more write transactions), again when the database refused it as a transient conflict.
+
+        Serialization failures and deadlocks (PostgreSQL) or a lock timeout (SQLite) roll the transaction back
+        whole, so running it again is safe. Inside an outer transaction only the outermost caller may retry.
+        """
+        for attempt in range(1, RETRY_ATTEMPTS + 1):
+            try:
+                return action()
+            except DBAPIError as err:
+                if self.in_transaction or attempt == RETRY_ATTEMPTS or not is_transient(err):
+                    raise
+                time.sleep(RETRY_BACKOFF_SECONDS * attempt)
+        raise AssertionError("unreachable: the last attempt returns or raises")
+
+
+# SQLSTATEs a transaction may simply be run again after: serialization_failure, deadlock_detected.
+TRANSIENT_SQLSTATES = frozenset({"40001", "40P01"})
+RETRY_ATTEMPTS = 5
+RETRY_BACKOFF_SECONDS = 0.02
+
+
+def is_transient(err: DBAPIError) -> bool:
+    """True when the database refused a transaction that may succeed if run again."""
+    sqlstate = getattr(err.orig, "sqlstate", None)
+    if sqlstate in TRANSIENT_SQLSTATES:
+        return True
+    return isinstance(err, OperationalError) and "database is locked" in str(err.orig)
+
 
 class Transaction:
     """Reads and writes of one transaction, in the engine's types."""
@@ -293,6 +377,14 @@ class Transaction:
         self.conn = conn
         self.store_id = store_id
         self.writable = writable
+        self._rooms = rooms_table.c.store_id == store_id
+        self._sessions = sessions_table.c.store_id == store_id
+
+    def _room(self, room_id: str) -> ColumnElement[bool]:
+        return and_(self._rooms, rooms_table.c.room_id == room_id)
+
+    def _session(self, session_id: str) -> ColumnElement[bool]:
+        return and_(self._sessions, sessions_table.c.session_id == session_id)
 
     def ensure_store_row(self) -> None:
         """Insert this store's state row if it is missing."""
@@ -308,7 +400,7 @@ class Transaction:
 
     def sync_rooms(self, specs: Sequence[RoomSpec]) -> list[str]:
         """Make the rooms table match the rooms file; returns ids of occupied rooms kept though removed."""
-        existing = {r.room_id: r for r in self.conn.execute(select(rooms_table)).mappings()}
+        existing = {r.room_id: r for r in self.conn.execute(select(rooms_table).where(self._rooms)).mappings()}
         wanted = {s.room_id for s in specs}
         for spec in specs:
             values = {
@@ -317,32 +409,34 @@ class Transaction:
                 "attributes": dict(spec.attributes),
             }
             if spec.room_id in existing:
-                self.conn.execute(update(rooms_table).where(rooms_table.c.room_id == spec.room_id).values(**values))
+                self.conn.execute(update(rooms_table).where(self._room(spec.room_id)).values(**values))
             else:
-                self.conn.execute(insert(rooms_table).values(room_id=spec.room_id, **values))
+                self.conn.execute(insert(rooms_table).values(store_id=self.store_id, room_id=spec.room_id, **values))
         kept = []
         for room_id, row in existing.items():
             if room_id in wanted:
                 continue
             if row["session_id"] is None:
-                self.conn.execute(rooms_table.delete().where(rooms_table.c.room_id == room_id))
+                self.conn.execute(rooms_table.delete().where(self._room(room_id)))
             else:
                 kept.append(room_id)
         return kept
 
     def room_exists(self, room_id: str) -> bool:
         """True when the room is configured (one indexed lookup, no floor load)."""
-        query = select(rooms_table.c.room_id).where(rooms_table.c.room_id == room_id)
+        query = select(rooms_table.c.room_id).where(self._room(room_id))
         return self.conn.execute(query).first() is not None
 
     def load_floor(self) -> Floor:
         """The store's rooms and active sessions."""
         rooms = {
             row["room_id"]: _room_from_row(row)
-            for row in self.conn.execute(select(rooms_table).order_by(rooms_table.c.room_id)).mappings()
+            for row in self.conn.execute(
+                select(rooms_table).where(self._rooms).order_by(rooms_table.c.room_id)
+            ).mappings()
         }
         active_rows = self.conn.execute(
-            select(sessions_table).where(sessions_table.c.status.in_([s.value for s in ACTIVE]))
+            select(sessions_table).where(self._sessions, sessions_table.c.status.in_([s.value for s in ACTIVE]))
         ).mappings()
         active = {row["session_id"]: _session_from_row(row) for row in active_rows}
         next_seq = self.conn.execute(
@@ -362,16 +456,16 @@ class Transaction:
         for session in touched:
             values = _session_values(session)
             if session.session_id in known:
-                self.conn.execute(
-                    update(sessions_table).where(sessions_table.c.session_id == session.session_id).values(**values)
-                )
+                self.conn.execute(update(sessions_table).where(self._session(session.session_id)).values(**values))
             else:
-                self.conn.execute(insert(sessions_table).values(session_id=session.session_id, **values))
+                self.conn.execute(
+                    insert(sessions_table).values(session_id=session.session_id, store_id=self.store_id, **values)
+                )
         for room_id in sorted(changes.rooms, key=lambda rid: floor.rooms[rid].session_id is not None):
             room = floor.rooms[room_id]
             self.conn.execute(
                 update(rooms_table)
-                .where(rooms_table.c.room_id == room_id)
+                .where(self._room(room_id))
                 .values(
                     session_id=room.session_id,
                     free_since=room.free_since,
@@ -391,13 +485,13 @@ class Transaction:
 
     def log_event(self, kind: str, payload: dict[str, Any]) -> None:
         """Append a change to the event log; it commits (or not) with the change itself."""
-        self.conn.execute(insert(events_table).values(kind=kind, payload=payload))
+        self.conn.execute(insert(events_table).values(store_id=self.store_id, kind=kind, payload=payload))
 
     def events_after(self, event_id: int, limit: int = 500) -> list[Event]:
         """Committed events newer than `event_id`, oldest first."""
         rows = self.conn.execute(
             select(events_table)
-            .where(events_table.c.event_id > event_id)
+            .where(events_table.c.store_id == self.store_id, events_table.c.event_id > event_id)
             .order_by(events_table.c.event_id)
             .limit(limit)
         ).mappings()
@@ -405,13 +499,17 @@ class Transaction:
 
     def last_event_id(self) -> int:
         """Id of the newest event, 0 when there is none."""
-        return int(self.conn.execute(select(func.coalesce(func.max(events_table.c.event_id), 0))).scalar_one())
+        newest = select(func.coalesce(func.max(events_table.c.event_id), 0)).where(
+            events_table.c.store_id == self.store_id
+        )
+        return int(self.conn.execute(newest).scalar_one())
 
     def _existing_session_ids(self, ids: Iterable[str]) -> set[str]:
         wanted = list(ids)
         if not wanted:
             return set()
-        rows = self.conn.execute(select(sessions_table.c.session_id).where(sessions_table.c.session_id.in_(wanted)))
+        query = select(sessions_table.c.session_id).where(self._sessions, sessions_table.c.session_id.in_(wanted))
+        rows = self.conn.execute(query)
         return {r[0] for r in rows}
 
     def get_idempotency(self, key: str) -> tuple[str, dict[str, Any]] | None:
@@ -433,15 +531,15 @@ class Transaction:
 
     def purge_idempotency(self, before: datetime) -> None:
         """Forget idempotency keys used before `before`."""
-        self.conn.execute(idempotency_table.delete().where(idempotency_table.c.created_at < before))
+        self.conn.execute(
+            idempotency_table.delete().where(
+                idempotency_table.c.store_id == self.store_id, idempotency_table.c.created_at < before
+            )
+        )
 
     def get_session(self, session_id: str) -> tuple[Session, Completion | None]:
         """Any session, active or finished, with its exit record; NotFoundError if unknown."""
-        row = (
-            self.conn.execute(select(sessions_table).where(sessions_table.c.session_id == session_id))
-            .mappings()
-            .first()
-        )
+        row = self.conn.execute(select(sessions_table).where(self._session(session_id))).mappings().first()
         if row is None:
             raise NotFoundError(f"unknown session {session_id!r}")
         completion = None
@@ -461,7 +559,7 @@ class Transaction:
         """Store a finished session's exit scans, duration and anomaly result."""
         self.conn.execute(
             update(sessions_table)
-            .where(sessions_table.c.session_id == session_id)
+            .where(self._session(session_id))
             .values(
                 exit_scans=completion.exit_scans,
                 actual_duration=completion.actual_duration,
@@ -471,7 +569,7 @@ class Transaction:
 
     def add_alert(self, alert: dict[str, Any]) -> int:
         """Open an alert for a flagged session; returns its id."""
-        result = self.conn.execute(insert(alerts_table).values(status="open", **alert))
+        result = self.conn.execute(insert(alerts_table).values(store_id=self.store_id, status="open", **alert))
         key = result.inserted_primary_key
         assert key is not None
         alert_id = int(key[0])
@@ -480,7 +578,7 @@ class Transaction:
 
     def list_alerts(self, status: str | None = None, limit: int = 100) -> list[Alert]:
         """Alerts, open ones first, newest first within each group."""
-        query = select(alerts_table)
+        query = select(alerts_table).where(alerts_table.c.store_id == self.store_id)
         if status is not None:
             query = query.where(alerts_table.c.status == status)
         query = query.order_by((alerts_table.c.status == "open").desc(), alerts_table.c.raised_at.desc()).limit(limit)
@@ -488,7 +586,10 @@ class Transaction:
 
     def get_alert(self, alert_id: int) -> Alert:
         """One alert; NotFoundError if unknown."""
-        row = self.conn.execute(select(alerts_table).where(alerts_table.c.alert_id == alert_id)).mappings().first()
+        query = select(alerts_table).where(
+            alerts_table.c.store_id == self.store_id, alerts_table.c.alert_id == alert_id
+        )
+        row = self.conn.execute(query).mappings().first()
         if row is None:
             raise NotFoundError(f"unknown alert {alert_id}")
         return _alert_from_row(row)
@@ -497,7 +598,7 @@ class Transaction:
         """Record staff's outcome for an alert."""
         self.conn.execute(
             update(alerts_table)
-            .where(alerts_table.c.alert_id == alert_id)
+            .where(alerts_table.c.store_id == self.store_id, alerts_table.c.alert_id == alert_id)
             .values(status="resolved", outcome=outcome, note=note, resolved_at=now)
         )
         self.log_event("alert_resolved", {"alert_id": alert_id, "outcome": outcome})
@@ -507,7 +608,7 @@ class Transaction:
         query = (
             select(sessions_table, alerts_table.c.outcome)
             .select_from(sessions_table.outerjoin(alerts_table))
-            .where(sessions_table.c.status == SessionStatus.COMPLETED.value)
+            .where(self._sessions, sessions_table.c.status == SessionStatus.COMPLETED.value)
             .where(sessions_table.c.exit_scans.is_not(None))
             .order_by(sessions_table.c.assigned_at)
         )
@@ -515,7 +616,7 @@ class Transaction:
 
     def count_waiting(self) -> int:
         """Number of waitlisted sessions."""
-        query = select(func.count()).where(sessions_table.c.status == SessionStatus.WAITLISTED.value)
+        query = select(func.count()).where(self._sessions, sessions_table.c.status == SessionStatus.WAITLISTED.value)
         return int(self.conn.execute(query).scalar_one())
 
 

@@ -7,12 +7,15 @@ import socket
 import subprocess
 import sys
 import threading
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
+
+from tests.pg_cluster import PostgresCluster
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -125,3 +128,19 @@ def live_server(artifacts: Artifacts, tmp_path: Path) -> Iterator[LiveServer]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresCluster]:
+    """One throwaway PostgreSQL server for the whole run."""
+    cluster = PostgresCluster().start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
+def postgres_url(postgres: PostgresCluster) -> str:
+    """SQLAlchemy URL of a fresh, empty database of its own on the shared server."""
+    return postgres.create_database(f"test_{uuid.uuid4().hex}")

@@ -23,7 +23,8 @@ BERLIN = "Europe/Berlin"
 @pytest.fixture
 def berlin_client(artifacts: Artifacts, tmp_path: Path) -> Iterator[TestClient]:
     """The real app for a store in Berlin, with a second copy of the dashboard routes that time out fast."""
-    from api import create_app
+    from api import create_app, store_access
+    from fitting_room.auth import Role
     from fitting_room.settings import Settings
 
     settings = Settings(
@@ -33,7 +34,10 @@ def berlin_client(artifacts: Artifacts, tmp_path: Path) -> Iterator[TestClient]:
         timezone=BERLIN,
     )
     app = create_app(settings)
-    app.include_router(dashboard_router(poll_seconds=0.05, heartbeat_seconds=0.2, stream_seconds=0.6), prefix="/fast")
+    fast = dashboard_router(
+        poll_seconds=0.05, heartbeat_seconds=0.2, stream_seconds=0.6, context=store_access(Role.STAFF, "watch")
+    )
+    app.include_router(fast, prefix="/fast")
     with TestClient(app) as test_client:
         yield test_client
 
