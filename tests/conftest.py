@@ -54,13 +54,30 @@ def settings_env(artifacts: Artifacts, database: Path) -> dict[str, str]:
     }
 
 
+BACKENDS = ("sqlite", "postgresql")
+
+
 @pytest.fixture
-def client(artifacts: Artifacts, tmp_path: Path) -> Iterator[TestClient]:
+def database(tmp_path: Path) -> str:
+    """A fresh SQLite database (modules that test the store override it with `any_database`)."""
+    return f"sqlite:///{tmp_path / 'state.db'}"
+
+
+@pytest.fixture(params=BACKENDS)
+def any_database(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh database on each back end in turn: a SQLite file, then an empty PostgreSQL database."""
+    if request.param == "postgresql":
+        return str(request.getfixturevalue("postgres_url"))
+    return f"sqlite:///{tmp_path / 'state.db'}"
+
+
+@pytest.fixture
+def client(artifacts: Artifacts, database: str) -> Iterator[TestClient]:
     """A TestClient over the real app with its lifespan running, on a fresh database."""
     from api import create_app
     from fitting_room.settings import Settings
 
-    settings = Settings(data_dir=artifacts.data_dir, model_dir=artifacts.model_dir, database=str(tmp_path / "state.db"))
+    settings = Settings(data_dir=artifacts.data_dir, model_dir=artifacts.model_dir, database=database)
     with TestClient(create_app(settings)) as test_client:
         yield test_client
 

@@ -10,6 +10,7 @@ from typing import Any
 
 from fitting_room.catalog import Catalog
 from fitting_room.engine import Prediction, RoomSpec, Rules
+from fitting_room.rooms import DEFAULT_STORE
 from fitting_room.service import FittingRoomService
 from fitting_room.store import Store
 from tests.engine_factories import lognormal_prediction
@@ -73,9 +74,11 @@ class FakeDetector:
         return FakeResult(missing, unexpected, reasons)
 
 
-def make_service(db: Path, rooms: Sequence[RoomSpec], rules: Rules | None = None) -> FittingRoomService:
-    """A service over a fresh SQLite file with fake models."""
-    store = Store(f"sqlite:///{db}")
+def make_service(
+    db: Path | str, rooms: Sequence[RoomSpec], rules: Rules | None = None, store_id: str = DEFAULT_STORE
+) -> FittingRoomService:
+    """A service with fake models over a database: a SQLite file path or any SQLAlchemy URL."""
+    store = Store(db if isinstance(db, str) else f"sqlite:///{db}", store_id)
     store.create_schema()
     with store.write() as tx:
         tx.sync_rooms(list(rooms))

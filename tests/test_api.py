@@ -1,4 +1,4 @@
-"""The HTTP contract through TestClient with the lifespan running over real trained models."""
+"""The HTTP contract through TestClient with the lifespan running over real trained models, on both back ends."""
 
 from __future__ import annotations
 
@@ -17,6 +17,12 @@ README_ANOMALY_BODY = {
     "exit_scans": ["sku-0042"],
     "entry_time": "2026-12-04T14:30:00+00:00",
 }
+
+
+@pytest.fixture
+def database(any_database: str) -> str:
+    """Every API test runs on SQLite and on PostgreSQL."""
+    return any_database
 
 
 def floor(client: TestClient) -> tuple[Any, ...]:

@@ -1,10 +1,10 @@
-"""The service over a real SQLite store: durability, lifecycle, errors that change nothing, concurrency."""
+"""The service over a real store, on SQLite and on PostgreSQL: durability, lifecycle, errors that change nothing,
+concurrency."""
 
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
-from pathlib import Path
 from threading import Barrier
 
 import pytest
@@ -22,12 +22,12 @@ ITEMS = ["sku-0001", "sku-0002"]
 
 
 @pytest.fixture
-def db(tmp_path: Path) -> Path:
-    return tmp_path / "state.db"
+def db(any_database: str) -> str:
+    return any_database
 
 
 @pytest.fixture
-def service(db: Path) -> FittingRoomService:
+def service(db: str) -> FittingRoomService:
     return make_service(db, ROOMS)
 
 
@@ -44,7 +44,7 @@ def fill(service: FittingRoomService, n: int, minute: float = 0) -> list[str]:
     return [service.assign(ITEMS, False, at(minute)).session.session_id for _ in range(n)]
 
 
-def test_state_survives_reopening_the_store(db: Path, service: FittingRoomService):
+def test_state_survives_reopening_the_store(db: str, service: FittingRoomService):
     fill(service, 5)
     before = snapshot(service)
     service.store.close()
@@ -168,7 +168,7 @@ def test_database_refuses_two_sessions_in_one_room(service: FittingRoomService):
         conn.execute(text("UPDATE sessions SET room_id = 'room_1' WHERE status = 'assigned'"))
 
 
-def test_thirty_concurrent_assignments_share_no_room(db: Path):
+def test_thirty_concurrent_assignments_share_no_room(db: str):
     rooms = [RoomSpec(f"room_{i}", 6) for i in range(10)]
     service = make_service(db, rooms)
     barrier = Barrier(30)
