@@ -177,6 +177,7 @@ def open_state(settings: Settings, metrics: Metrics) -> AppState:
     rooms = load_store_rooms(settings.rooms_file)
     database = Database(settings.database_url)
     database.migrate()
+    database.listen()
     rules = Rules(policy=settings.policy, max_passes=settings.max_passes, express_aging=settings.express_aging or None)
     stores: dict[str, StoreContext] = {}
     for store_id in served_stores(rooms, keyring):

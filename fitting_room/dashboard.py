@@ -39,7 +39,8 @@ STATIC_DIR = Path(__file__).resolve().parent / "static"
 ASSETS = {"dashboard.css": "text/css", "dashboard.js": "text/javascript"}
 NO_CACHE = {"Cache-Control": "no-cache"}
 
-POLL_SECONDS = 0.2
+# Streams wake on the store's doorbell; polling only covers a lost database listener.
+POLL_SECONDS = 1.0
 HEARTBEAT_SECONDS = 15.0
 STREAM_SECONDS = 20.0
 # Browsers wait this long before resuming a stream that ended or broke.
@@ -290,12 +291,15 @@ def dashboard_router(
             with store.read() as tx:
                 return tx.events_after(event_id)
 
+        bell = store.database.bell
+        seen = bell.rings  # read before the log: a change committed after this wakes the first wait
         current = await anyio.to_thread.run_sync(newest)
         resume = parse_last_event_id(last_event_id)
         # An id beyond the log's end means the database was replaced: start afresh, not never.
         start = resume if resume is not None and resume <= current else current
 
         async def stream() -> AsyncIterator[str]:
+            nonlocal seen
             cursor = start
             # The ready event's id is where this stream resumes: a break during the replay below loses nothing.
             yield sse_message({"last_event_id": current}, event_id=start, event="ready", retry=RETRY_MILLISECONDS)
@@ -305,9 +309,11 @@ def dashboard_router(
                     yield _event_message(item)
             opened = quiet_since = anyio.current_time()
             while anyio.current_time() - opened < stream_seconds:
-                await anyio.sleep(poll_seconds)
+                # Woken by any committed change (this process, or another replica's NOTIFY); polls otherwise.
+                await bell.wait(poll_seconds, seen)
                 if await request.is_disconnected():
                     return
+                seen = bell.rings
                 batch = await anyio.to_thread.run_sync(after, cursor)
                 for item in batch:
                     cursor = item.event_id

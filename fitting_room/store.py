@@ -54,6 +54,7 @@ from fitting_room.engine import (
     SessionStatus,
 )
 from fitting_room.errors import NotFoundError
+from fitting_room.notify import CHANNEL, Doorbell, PostgresListener
 from fitting_room.rooms import DEFAULT_STORE
 
 
@@ -250,6 +251,19 @@ class Database:
         # Writers of one store in this process queue here instead of spinning on the database lock.
         self._locks: dict[str, threading.Lock] = {}
         self._locks_guard = threading.Lock()
+        self.bell = Doorbell()
+        self._listener: PostgresListener | None = None
+
+    @property
+    def is_postgresql(self) -> bool:
+        """True on PostgreSQL, where replicas share the database and hear each other's NOTIFY."""
+        return self.engine.dialect.name == "postgresql"
+
+    def listen(self) -> None:
+        """Ring `bell` for changes other processes commit too (PostgreSQL LISTEN); a no-op elsewhere."""
+        if self.is_postgresql and self._listener is None:
+            self._listener = PostgresListener(self.url, self.bell)
+            self._listener.start()
 
     def store(self, store_id: str = DEFAULT_STORE) -> Store:
         """The view of one store's rows."""
@@ -267,7 +281,10 @@ class Database:
         upgrade(self.engine)
 
     def close(self) -> None:
-        """Release pooled connections."""
+        """Stop listening and release pooled connections."""
+        if self._listener is not None:
+            self._listener.stop()
+            self._listener = None
         self.engine.dispose()
 
 
@@ -324,6 +341,8 @@ class Store:
                     yield tx
                 finally:
                     self._current.reset(token)
+        if tx.logged:
+            self.database.bell.ring()
 
     @contextmanager
     def read(self) -> Iterator[Transaction]:
@@ -377,6 +396,7 @@ class Transaction:
         self.conn = conn
         self.store_id = store_id
         self.writable = writable
+        self.logged = False
         self._rooms = rooms_table.c.store_id == store_id
         self._sessions = sessions_table.c.store_id == store_id
 
@@ -486,6 +506,10 @@ class Transaction:
     def log_event(self, kind: str, payload: dict[str, Any]) -> None:
         """Append a change to the event log; it commits (or not) with the change itself."""
         self.conn.execute(insert(events_table).values(store_id=self.store_id, kind=kind, payload=payload))
+        if not self.logged and self.conn.dialect.name == "postgresql":
+            # Delivered at commit, to every replica's listener; never if the change rolls back.
+            self.conn.execute(select(func.pg_notify(CHANNEL, self.store_id)))
+        self.logged = True
 
     def events_after(self, event_id: int, limit: int = 500) -> list[Event]:
         """Committed events newer than `event_id`, oldest first."""
