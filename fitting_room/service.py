@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
@@ -212,13 +212,15 @@ class FittingRoomService:
         return self.store.retrying(lambda: self._admit(session, now, server_clock))
 
     def _admit(self, session: Session, now: datetime, server_clock: bool) -> SessionView:
-        with self.store.write() as tx:
-            floor = tx.load_floor()
-            if server_clock:
-                now = session.arrived_at = floor.catch_up(now)
-            changes = engine.admit(floor, session, now)
-            tx.save(floor, changes)
-        return self._view(floor, session, now)
+        # The view is built after the commit but under the store's lock: the floor is shared with later changes.
+        with self.store.locked():
+            with self.store.write() as tx:
+                floor = tx.load_floor()
+                if server_clock:
+                    now = session.arrived_at = floor.catch_up(now)
+                changes = engine.admit(floor, session, now)
+                tx.save(floor, changes)
+            return self._view(floor, replace(session), now)
 
     def cancel(self, session_id: str, now: datetime) -> SessionView:
         """Take a waiting customer out of the line."""
@@ -237,12 +239,13 @@ class FittingRoomService:
 
     def session(self, session_id: str, at: datetime) -> SessionView:
         """A session with its position and wait as of `at`."""
+        with self.store.floor() as floor:
+            live = floor.active.get(session_id)
+            if live is not None and live.status is SessionStatus.WAITLISTED:
+                return self._view(floor, replace(live), at)
         with self.store.read() as tx:
             stored, completion = tx.get_session(session_id)
-            if stored.status is not SessionStatus.WAITLISTED:
-                return SessionView(session=stored, completion=completion)
-            floor = tx.load_floor()
-        return self._view(floor, floor.active[session_id], at)
+        return SessionView(session=stored, completion=completion)
 
     def configure_rooms(self, specs: Sequence[RoomSpec], now: datetime) -> list[str]:
         """Replace the room configuration; new rooms go to waiting customers they fit at once.
@@ -260,15 +263,13 @@ class FittingRoomService:
 
     def floor_status(self, at: datetime) -> FloorView:
         """Every room and the waitlist, with estimates projected as of `at`."""
-        with self.store.read() as tx:
-            floor = tx.load_floor()
-        projection = project(floor, at, self.rules)
-        rooms = [self._room_view(floor, room, projection, at) for room in floor.rooms.values()]
-        positions = floor.positions()
-        waitlist = [
-            SessionView(s, positions[s.session_id], projection.waits[s.session_id], projection.intervals[s.session_id])
-            for s in floor.waitlist()
-        ]
+        with self.store.floor() as floor:
+            projection = project(floor, at, self.rules)
+            rooms = [self._room_view(floor, room, projection, at) for room in floor.rooms.values()]
+            waitlist = [
+                SessionView(replace(s), i, projection.waits[s.session_id], projection.intervals[s.session_id])
+                for i, s in enumerate(floor.waitlist(), start=1)
+            ]
         return FloorView(at=at, rooms=rooms, waitlist=waitlist)
 
     def waitlist_length(self) -> int:
@@ -347,7 +348,7 @@ class FittingRoomService:
                 Completion(list(report.exit_scans), duration, _anomaly_record(anomaly)),
             )
             alert_id = self._raise_alert(tx, session, anomaly, exit_time) if anomaly.is_anomaly else None
-        promoted = floor.active[changes.promoted[0]] if changes.promoted else None
+            promoted = replace(floor.active[changes.promoted[0]]) if changes.promoted else None
         return ExitResult(
             session_id=session.session_id,
             anomaly=anomaly,
@@ -409,10 +410,12 @@ class FittingRoomService:
     def _room_view(floor: Floor, room: Room, projection: Projection, at: datetime) -> RoomView:
         session = floor.active.get(room.session_id) if room.session_id else None
         if session is None or session.assigned_at is None:
-            return RoomView(room=room, session=None, predicted_end=None, predicted_free_at=None)
+            return RoomView(room=replace(room), session=None, predicted_end=None, predicted_free_at=None)
         predicted_end = session.assigned_at + timedelta(minutes=session.prediction.median)
         free_at = at + timedelta(minutes=projection.room_free_in[room.room_id])
-        return RoomView(room=room, session=session, predicted_end=predicted_end, predicted_free_at=free_at)
+        return RoomView(
+            room=replace(room), session=replace(session), predicted_end=predicted_end, predicted_free_at=free_at
+        )
 
     @staticmethod
     def _require_session(exists: bool, session_id: str) -> None:

@@ -84,6 +84,7 @@ store_state = Table(
     metadata,
     Column("store_id", String(64), primary_key=True),
     Column("next_queue_seq", Integer, nullable=False),
+    Column("floor_version", Integer, nullable=False, server_default="0"),
 )
 
 rooms_table = Table(
@@ -249,7 +250,7 @@ class Database:
         self.url = url
         self.engine = make_engine(url)
         # Writers of one store in this process queue here instead of spinning on the database lock.
-        self._locks: dict[str, threading.Lock] = {}
+        self._locks: dict[str, threading.RLock] = {}
         self._locks_guard = threading.Lock()
         self.bell = Doorbell()
         self._listener: PostgresListener | None = None
@@ -269,10 +270,10 @@ class Database:
         """The view of one store's rows."""
         return Store(self, store_id)
 
-    def write_lock(self, store_id: str) -> threading.Lock:
-        """This process's lock for writers of `store_id`."""
+    def floor_lock(self, store_id: str) -> threading.RLock:
+        """This process's lock over `store_id`'s writers and its in-memory floor."""
         with self._locks_guard:
-            return self._locks.setdefault(store_id, threading.Lock())
+            return self._locks.setdefault(store_id, threading.RLock())
 
     def migrate(self) -> None:
         """Bring the schema to the newest migration (creates it in an empty database)."""
@@ -295,7 +296,10 @@ class Store:
         self.database = Database(database) if isinstance(database, str) else database
         self.engine = self.database.engine
         self.store_id = store_id
-        self._write_lock = self.database.write_lock(store_id)
+        # Writers queue here instead of spinning on the database lock; readers of the cached floor hold it too,
+        # because writers change that floor in place.
+        self._lock = self.database.floor_lock(store_id)
+        self._cache = FloorCache()
         self._current: ContextVar[Transaction | None] = ContextVar(f"store-tx-{id(self)}", default=None)
 
     def create_schema(self) -> None:
@@ -331,28 +335,48 @@ class Store:
         if current is not None and current.writable:
             yield current
             return
-        with self._write_lock, self.engine.connect() as conn:
+        with self._lock, self.engine.connect() as conn:
             conn = conn.execution_options(immediate=True)
-            with conn.begin():
-                tx = Transaction(conn, self.store_id, writable=True)
-                tx.lock_store()
-                token = self._current.set(tx)
-                try:
-                    yield tx
-                finally:
-                    self._current.reset(token)
+            try:
+                with conn.begin():
+                    tx = Transaction(conn, self.store_id, writable=True, cache=self._cache)
+                    tx.lock_store()
+                    token = self._current.set(tx)
+                    try:
+                        yield tx
+                    finally:
+                        self._current.reset(token)
+            except BaseException:
+                self._cache.clear()  # the floor may hold changes the database rolled back
+                raise
+            self._cache.committed(tx)
         if tx.logged:
             self.database.bell.ring()
 
     @contextmanager
-    def read(self) -> Iterator[Transaction]:
+    def locked(self) -> Iterator[None]:
+        """Hold the store's lock across several steps (a change, then reading the floor it left)."""
+        with self._lock:
+            yield
+
+    @contextmanager
+    def floor(self) -> Iterator[Floor]:
+        """The store's current floor, to read (never change) inside the block; the cached one when current."""
+        with self._lock, self.read(cache=self._cache) as tx:
+            yield tx.load_floor()
+
+    @contextmanager
+    def read(self, cache: FloorCache | None = None) -> Iterator[Transaction]:
         """A read-only transaction over one consistent snapshot (or the open transaction of this context)."""
         current = self._current.get()
         if current is not None:
             yield current
             return
-        with self.engine.connect() as conn, conn.begin():
-            yield Transaction(conn, self.store_id)
+        with self.engine.connect() as conn:
+            if conn.dialect.name == "postgresql":
+                conn = conn.execution_options(isolation_level="REPEATABLE READ")  # one snapshot for every query
+            with conn.begin():
+                yield Transaction(conn, self.store_id, cache=cache)
 
     def ping(self) -> None:
         """Prove the database answers and accepts a write transaction."""
@@ -389,14 +413,54 @@ def is_transient(err: DBAPIError) -> bool:
     return isinstance(err, OperationalError) and "database is locked" in str(err.orig)
 
 
+class FloorCache:
+    """A store's floor as of one committed `floor_version`, kept in memory between transactions.
+
+    Only transactions holding the store's lock use it. Any process that changes the floor bumps the version in
+    the database, so a replica's cache can be stale but is never taken for current.
+    """
+
+    def __init__(self) -> None:
+        self.version: int | None = None
+        self.floor: Floor | None = None
+
+    def get(self, version: int) -> Floor | None:
+        """The cached floor if it is the one at `version`."""
+        return self.floor if self.version == version else None
+
+    def put(self, version: int, floor: Floor) -> None:
+        """Remember `floor` as the one at `version`."""
+        self.version, self.floor = version, floor
+
+    def clear(self) -> None:
+        """Forget the floor."""
+        self.version, self.floor = None, None
+
+    def committed(self, tx: Transaction) -> None:
+        """Keep what a committed write transaction left: its floor at the new version, or nothing if unknown."""
+        if tx.new_version is None:
+            return
+        if tx.floor is None:
+            self.clear()
+        else:
+            self.put(tx.new_version, tx.floor)
+
+
 class Transaction:
     """Reads and writes of one transaction, in the engine's types."""
 
-    def __init__(self, conn: Connection, store_id: str, writable: bool = False) -> None:
+    def __init__(
+        self, conn: Connection, store_id: str, writable: bool = False, cache: FloorCache | None = None
+    ) -> None:
         self.conn = conn
         self.store_id = store_id
         self.writable = writable
         self.logged = False
+        self.cache = cache
+        self.version: int | None = None
+        # Set once this transaction changed the floor: the version it commits, and the floor as it leaves it.
+        self.new_version: int | None = None
+        self.floor: Floor | None = None
         self._rooms = rooms_table.c.store_id == store_id
         self._sessions = sessions_table.c.store_id == store_id
 
@@ -413,9 +477,17 @@ class Transaction:
             self.conn.execute(insert(store_state).values(store_id=self.store_id, next_queue_seq=1))
 
     def lock_store(self) -> None:
-        """Lock the store's state row (FOR UPDATE where the database has it) for this transaction."""
+        """Lock the store's state row (FOR UPDATE where the database has it) and read its floor version."""
+        query = select(store_state.c.floor_version).where(store_state.c.store_id == self.store_id)
+        self.version = self.conn.execute(query.with_for_update()).scalar_one()
+
+    def _bump_version(self) -> None:
+        if self.version is None:
+            self.lock_store()
+        assert self.version is not None
+        self.new_version = self.version + 1
         self.conn.execute(
-            select(store_state.c.next_queue_seq).where(store_state.c.store_id == self.store_id).with_for_update()
+            update(store_state).where(store_state.c.store_id == self.store_id).values(floor_version=self.new_version)
         )
 
     def sync_rooms(self, specs: Sequence[RoomSpec]) -> list[str]:
@@ -432,6 +504,10 @@ class Transaction:
                 self.conn.execute(update(rooms_table).where(self._room(spec.room_id)).values(**values))
             else:
                 self.conn.execute(insert(rooms_table).values(store_id=self.store_id, room_id=spec.room_id, **values))
+        # The floor object (if one was read) no longer matches the rows: the next load_floor reads them afresh.
+        self.floor = None
+        if self.new_version is None:
+            self._bump_version()
         kept = []
         for room_id, row in existing.items():
             if room_id in wanted:
@@ -448,7 +524,19 @@ class Transaction:
         return self.conn.execute(query).first() is not None
 
     def load_floor(self) -> Floor:
-        """The store's rooms and active sessions."""
+        """The store's rooms and active sessions: the cached floor when it is current, else read from the rows."""
+        if self.floor is not None:
+            return self.floor
+        if self.version is None:
+            query = select(store_state.c.floor_version).where(store_state.c.store_id == self.store_id)
+            self.version = self.conn.execute(query).scalar_one()
+        cached = self.cache.get(self.version) if self.cache is not None and self.new_version is None else None
+        self.floor = cached if cached is not None else self._read_floor()
+        if cached is None and self.cache is not None and self.new_version is None:
+            self.cache.put(self.version, self.floor)
+        return self.floor
+
+    def _read_floor(self) -> Floor:
         rooms = {
             row["room_id"]: _room_from_row(row)
             for row in self.conn.execute(
@@ -466,6 +554,9 @@ class Transaction:
 
     def save(self, floor: Floor, changes: Changes, ended: Iterable[Session] = ()) -> None:
         """Write the rows an engine operation touched (`ended` holds sessions that left the floor)."""
+        self.floor = floor
+        if self.new_version is None:
+            self._bump_version()
         by_id = {s.session_id: s for s in ended} | floor.active
         known = self._existing_session_ids(changes.sessions)
         # Sessions leaving a room are written before those entering one: the unique index sees no overlap.

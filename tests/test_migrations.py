@@ -80,3 +80,15 @@ def test_plain_postgresql_urls_are_served_by_psycopg_3():
         Settings(database="postgresql://shop@db:5432/rooms").database_url == "postgresql+psycopg://shop@db:5432/rooms"
     )
     assert Settings(database="postgresql+psycopg://shop@db/rooms").database_url == "postgresql+psycopg://shop@db/rooms"
+
+
+def test_upgrading_from_the_first_revision_keeps_every_store(database: str):
+    engine = make_engine(database)
+    migrations.upgrade(engine, "0001")
+    with engine.begin() as conn:
+        conn.execute(text("INSERT INTO store_state (store_id, next_queue_seq) VALUES ('berlin-01', 42)"))
+    migrations.upgrade(engine)
+    with engine.connect() as conn:
+        rows = conn.execute(text("SELECT store_id, next_queue_seq, floor_version FROM store_state")).all()
+    assert [tuple(r) for r in rows] == [("berlin-01", 42, 0)]
+    engine.dispose()

@@ -1,15 +1,17 @@
-"""The store on both back ends: per-store scoping, database constraints, transient-conflict retries."""
+"""The store on both back ends: per-store scoping, constraints, transient-conflict retries, the in-memory floor."""
 
 from __future__ import annotations
 
 import psycopg.errors
 import pytest
-from sqlalchemy import text
+from sqlalchemy import event, text
 from sqlalchemy.exc import IntegrityError, OperationalError
 
-from fitting_room.engine import RoomSpec
+from fitting_room import engine
+from fitting_room.engine import RoomSpec, Session
+from fitting_room.service import ExitReport
 from fitting_room.store import Database, Store
-from tests.engine_factories import at
+from tests.engine_factories import at, lognormal_prediction
 from tests.fakes import make_service
 
 ROOMS = [RoomSpec("room_1", 6)]
@@ -87,3 +89,54 @@ def test_a_retry_inside_an_outer_transaction_is_left_to_the_outer_caller(databas
     with pytest.raises(OperationalError), store.write():
         store.retrying(inner)
     assert attempts == [1]
+
+
+def rooms_queries(store: Store) -> list[str]:
+    """Collects the statements that read the rooms table while it is attached."""
+    seen: list[str] = []
+
+    def record(_conn: object, _cursor: object, statement: str, *_args: object) -> None:
+        if "FROM rooms" in statement:
+            seen.append(statement)
+
+    event.listen(store.engine, "before_cursor_execute", record)
+    return seen
+
+
+def test_an_unchanged_floor_is_served_from_memory(database: str):
+    service = make_service(database, ROOMS)
+    service.assign(ITEMS, False, at(0))
+    seen = rooms_queries(service.store)
+    for _ in range(3):
+        service.floor_status(at(1))
+    service.assign(ITEMS, False, at(2))
+    assert seen == []
+
+
+def test_a_change_made_by_another_process_is_never_missed(database: str):
+    here = make_service(database, ROOMS)
+    there = make_service(database, ROOMS)  # its own engine and cache, like a second replica
+    first = here.assign(ITEMS, False, at(0)).session
+    assert [r.session.session_id for r in there.floor_status(at(1)).rooms if r.session] == [first.session_id]
+    second = there.assign(ITEMS, False, at(2)).session
+    waiting = [v.session.session_id for v in here.floor_status(at(3)).waitlist]
+    assert waiting == [second.session_id]
+    here.check_exit(ExitReport(first.session_id, "room_1", ITEMS, actual_duration=5.0), at(5))
+    assert [r.session.session_id for r in there.floor_status(at(6)).rooms if r.session] == [second.session_id]
+
+
+def test_a_rolled_back_change_leaves_no_trace_in_memory(database: str):
+    service = make_service(database, ROOMS)
+    service.floor_status(at(0))
+    ghost = Session("ghost", tuple(ITEMS), False, at(1), lognormal_prediction(10.0))
+
+    def admit_then_fail() -> None:
+        with service.store.write() as tx:
+            engine.admit(tx.load_floor(), ghost, at(1))
+            raise RuntimeError("the request failed after changing the floor")
+
+    with pytest.raises(RuntimeError):
+        admit_then_fail()
+    view = service.floor_status(at(2))
+    assert [r.session for r in view.rooms] == [None]
+    assert service.assign(ITEMS, False, at(3)).session.room_id == "room_1"
