@@ -257,7 +257,7 @@ class DurationPredictor(_Persistent):
             low=min(low, median),
             high=max(high, median),
             level=float(level),
-            quantiles=tuple(float(q) for q in grid),
+            quantiles=tuple(grid.tolist()),  # Python floats, the same values
             unknown_item_ids=unknown,
         )
 

@@ -166,8 +166,12 @@ class EngineOps:
         """The newest customer in line leaves it."""
         return engine.cancel(self.floor, self.last_new, self.tick())
 
+    def position(self, _i: int) -> object:
+        """The newest waiting customer's place in line (what one kiosk answer needs)."""
+        return self.floor.position(self.last_new)
+
     def positions(self, _i: int) -> object:
-        """Every waiting customer's place in line."""
+        """Every waiting customer's place in line (a list as long as the line, for the status board)."""
         return self.floor.positions()
 
     def project(self, _i: int) -> object:
@@ -318,7 +322,8 @@ ENGINE_PLAN: list[tuple[str, Sequence[str]]] = [
     ("admit (joins the line)", ["admit", "cancel"]),
     ("release + promotion", ["release", "admit"]),
     ("cancel", ["cancel", "admit"]),
-    ("waitlist positions", ["positions"]),
+    ("waitlist position (one customer)", ["position"]),
+    ("waitlist positions (whole line)", ["positions"]),
     ("wait estimates (project)", ["project"]),
 ]
 SERVICE_PLAN: list[tuple[str, Sequence[str]]] = [
@@ -337,6 +342,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--calls", type=int, default=200, help="most timed calls per operation and size")
     parser.add_argument("--budget", type=float, default=3.0, help="seconds of timed calls per operation and size")
     parser.add_argument("--max-call", type=float, default=30.0, help="skip sizes whose one call would take longer")
+    parser.add_argument("--layers", nargs="+", choices=["engine", "service"], default=["engine", "service"])
     return parser.parse_args(argv)
 
 
@@ -345,22 +351,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     rules = Rules()
     sizes = sorted(args.sizes)
-    in_memory = measure("engine", lambda n: EngineOps(n, rules), ENGINE_PLAN, sizes, args)
-    with tempfile.TemporaryDirectory(prefix="bench-engine-") as work:
-        on_sqlite = measure(
-            "service", lambda n: ServiceOps(n, rules, Path(work) / f"floor-{n}.db"), SERVICE_PLAN, sizes, args
-        )
-    text = "\n".join(
-        [
-            "### Scaling: cost per operation as the floor grows (median, FIFO policy)",
-            "",
-            table("Engine, in memory", in_memory, ENGINE_PLAN, sizes),
-            "",
-            table("Service on SQLite (stand-in models)", on_sqlite, SERVICE_PLAN, sizes),
-            "",
-            f"`make bench-engine` on {machine_line()}.",
-        ]
-    )
+    parts = ["### Scaling: cost per operation as the floor grows (median, FIFO policy)", ""]
+    if "engine" in args.layers:
+        in_memory = measure("engine", lambda n: EngineOps(n, rules), ENGINE_PLAN, sizes, args)
+        parts += [table("Engine, in memory", in_memory, ENGINE_PLAN, sizes), ""]
+    if "service" in args.layers:
+        with tempfile.TemporaryDirectory(prefix="bench-engine-") as work:
+            on_sqlite = measure(
+                "service", lambda n: ServiceOps(n, rules, Path(work) / f"floor-{n}.db"), SERVICE_PLAN, sizes, args
+            )
+        parts += [table("Service on SQLite (stand-in models)", on_sqlite, SERVICE_PLAN, sizes), ""]
+    text = "\n".join([*parts, f"`make bench-engine` on {machine_line()}."])
     print(text)
     write_result(args.out, "engine.md", text)
     update_readme("engine", text)

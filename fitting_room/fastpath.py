@@ -618,8 +618,9 @@ class FastIsolationForest:
         row = _one_row(x, self.n_features)
         if self._denominator == 0.0:
             return -0.5
-        depth = float(np.cumsum(self.trees.value[self.trees.leaves(row)])[-1])
-        return -(2.0 ** (-(depth / self._denominator)))
+        depth = np.cumsum(self.trees.value[self.trees.leaves(row)])[-1:]
+        # numpy's array power, as score_samples: Python's float power may differ in the last bit.
+        return float(-(2.0 ** (-(depth / self._denominator)))[0])
 
     def decision_function(self, x: Any) -> np.ndarray:
         """score_samples minus the fitted offset: negative for outliers."""

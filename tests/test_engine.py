@@ -278,3 +278,29 @@ def test_point_schedule_against_a_hand_computed_one(new):
         bulky.session_id: pytest.approx(16),  # b at 20
     }
     assert schedule.join_wait(floor, bulky) == pytest.approx(21)
+
+
+def test_fifo_serves_a_customer_already_held_first(new):
+    # Passes earned under express stay when the store restarts under FIFO: the held customer goes first.
+    floor = make_floor(("a", 6, False))
+    engine.admit(floor, new(), at(0))
+    early, held = new(), new()
+    engine.admit(floor, early, at(1))
+    engine.admit(floor, held, at(2))
+    held.passed_over = 3
+    floor.reindex()
+    changes = engine.release(floor, floor.rooms["a"].session_id or "", "a", at(10), FIFO)
+    assert changes.promoted == [held.session_id]
+    assert early.passed_over == 1 and floor.positions() == {early.session_id: 1}
+
+
+def test_sessions_added_behind_the_engines_back_are_indexed(new):
+    floor = make_floor(("a", 6, False))
+    engine.admit(floor, new(), at(0))
+    waiting = new()
+    engine.admit(floor, waiting, at(1))
+    assert floor.positions() == {waiting.session_id: 1}
+    late = replace(new(), queue_seq=floor.next_queue_seq, last_event_at=at(2))
+    floor.active[late.session_id] = late  # as a store adding a row to a cached floor would
+    assert floor.positions() == {waiting.session_id: 1, late.session_id: 2}
+    assert floor.position(late.session_id) == 2 and floor.position("nobody") is None

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from fitting_room import engine
-from fitting_room.engine import Floor, Rules, SessionStatus, fits
+from fitting_room.engine import CLOCK_SKEW, Floor, Rules, Session, SessionStatus, fits
 from fitting_room.errors import InvalidRequestError
 from fitting_room.estimates import project
 from fitting_room.settings import Policy
@@ -41,6 +43,20 @@ class FloorMachine(RuleBasedStateMachine):
 
     @rule(items=st.integers(1, 12), accessible=st.booleans(), minutes=st.floats(1, 60), gap=st.floats(0, 5))
     def arrive(self, items: int, accessible: bool, minutes: float, gap: float) -> None:
+        self._admit(items, accessible, minutes, gap)
+
+    # A crowd builds a line with distinct lengths, so express overtakes and passes and held customers occur.
+    @rule(crowd=st.lists(st.tuples(st.integers(1, 12), st.booleans(), st.sampled_from([40.0, 3.0, 15.0, 1.0]))))
+    def rush(self, crowd: list[tuple[int, bool, float]]) -> None:
+        for items, accessible, minutes in crowd:
+            self._admit(items, accessible, minutes, 0.0)
+
+    # A restart under the other policy keeps the passes earned: FIFO then meets customers already held.
+    @rule(policy=st.sampled_from(list(Policy)))
+    def restart_with(self, policy: Policy) -> None:
+        self.policy_rules = replace(self.policy_rules, policy=policy)
+
+    def _admit(self, items: int, accessible: bool, minutes: float, gap: float) -> None:
         session = self.new(items=items, accessible=accessible, minutes=minutes)
         try:
             engine.admit(self.floor, session, at(self._tick(gap)))
@@ -96,6 +112,35 @@ class FloorMachine(RuleBasedStateMachine):
     def overtaking_is_bounded(self) -> None:
         assert all(s.passed_over <= self.policy_rules.max_passes for s in self.floor.waitlist())
 
+    @invariant()
+    def indexed_answers_equal_brute_force(self) -> None:
+        floor, now = self.floor, at(self.clock)
+        line = sorted((s for s in floor.active.values() if s.status is SessionStatus.WAITLISTED), key=_seq)
+        assert floor.waitlist() == line
+        assert floor.positions() == {s.session_id: i for i, s in enumerate(line, start=1)}
+        assert all(floor.position(s.session_id) == i for i, s in enumerate(line, start=1))
+        for items in range(1, 13):
+            for accessible in (False, True):
+                indexed = floor._indexed().best_free_room(items, accessible)
+                brute = engine.best_free_room(floor.rooms.values(), items, accessible)
+                assert indexed == (brute.room_id if brute else None)
+        order = engine.promotion_order(line, self.policy_rules, engine.aging_due(floor, now, self.policy_rules))
+        for room in floor.rooms.values():
+            expected = next((s for s in order if fits(room.spec, s.item_count, s.needs_accessible)), None)
+            assert engine.next_in_line(floor, room.spec, now, self.policy_rules) is expected
+        latest = max((r.last_event_at for r in floor.rooms.values() if r.last_event_at), default=None)
+        assert floor.catch_up(now) == (latest if latest is not None and now < latest <= now + CLOCK_SKEW else now)
+
+    @invariant()
+    def index_equals_a_fresh_one(self) -> None:
+        kept, fresh = self.floor._indexed(), engine._FloorIndex(self.floor)
+        assert (kept.line, kept.by_need, kept.passed, kept.free) == (
+            fresh.line,
+            fresh.by_need,
+            fresh.passed,
+            fresh.free,
+        )
+
     # A rule, not an invariant: projecting after every single step would dominate the run time.
     @rule()
     def project_the_line(self) -> None:
@@ -103,6 +148,11 @@ class FloorMachine(RuleBasedStateMachine):
         assert set(projection.waits) == set(self.floor.positions()) == set(projection.intervals)
         assert all(w > 0 for w in projection.waits.values())
         assert all(0 < i.low <= i.high for i in projection.intervals.values())
+
+
+def _seq(session: Session) -> int:
+    assert session.queue_seq is not None
+    return session.queue_seq
 
 
 FloorMachine.TestCase.settings = settings(max_examples=200, stateful_step_count=40, deadline=None, derandomize=True)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from scipy.stats import norm
 
-from fitting_room import engine
+from fitting_room import engine, estimates
 from fitting_room.engine import Floor, Room, Rules, Session
 from fitting_room.estimates import MIN_REMAINING_MINUTES, DurationDistribution, project
 from fitting_room.settings import Policy
@@ -188,3 +188,32 @@ def test_waits_are_finite_after_many_overdue_sessions(new):
     projection = project(floor, start + timedelta(hours=5), FIFO)
     assert np.isfinite(projection.waits[waiting.session_id])
     assert 0 < projection.waits[waiting.session_id] < 5
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_the_in_order_line_equals_the_general_one(seed: int):
+    # When promotion order is arrival order the per-class runner must seat exactly as the general one.
+    rng = np.random.default_rng(seed)
+    samples, rooms, line = 16, int(rng.choice([1, 3, 40])), int(rng.integers(1, 30))
+    free = np.where(rng.random((samples, rooms)) < 0.2, 0.0, rng.exponential(10.0, (samples, rooms)))
+    lengths = rng.exponential(8.0, (samples, line))
+    needs_class = rng.integers(0, 4, line)
+    needs_class = np.unique(needs_class, return_inverse=True)[1]  # classes numbered 0..k-1, none empty
+    class_fit = rng.random((rooms, needs_class.max() + 1)) < 0.6
+    keys = np.arange(line, dtype=np.float64)
+    general = estimates._run_line(free, lengths, class_fit[:, needs_class], keys, np.zeros(line, np.int64), 3)
+    assert np.array_equal(estimates._run_line_in_order(free, lengths, needs_class, class_fit), general)
+
+
+@pytest.mark.parametrize("rooms", [1, 2, 5, 33, 100])
+def test_the_room_tree_finds_the_first_earliest_room_like_argmin(rooms: int):
+    rng = np.random.default_rng(rooms)
+    free = rng.integers(0, 5, (8, rooms)).astype(np.float64)  # many ties
+    scan, tree = estimates._EarliestRoom(free, tree=False), estimates._EarliestRoom(free, tree=True)
+    rows = np.arange(8)
+    for _ in range(50):
+        (scan_room, scan_t), (tree_room, tree_t) = scan.earliest(), tree.earliest()
+        assert np.array_equal(scan_room, tree_room) and np.array_equal(scan_t, tree_t)
+        times = np.where(rng.random(8) < 0.2, np.inf, scan_t + rng.integers(0, 3, 8))
+        scan.set(rows, scan_room, times)
+        tree.set(rows, tree_room, times)
