@@ -312,7 +312,7 @@ class FittingRoomService:
             raise InvalidRequestError(
                 f"session {report.session_id!r} is unknown to this store: entry_scans are required"
             )
-        exit_time, duration = _exit_time_and_duration(report, report.entry_time, now)
+        exit_time, duration = _exit_time_and_duration(report, report.entry_time, now, on_floor=False)
         entry_time = report.entry_time or exit_time - timedelta(minutes=duration)
         estimate = self.predict(report.entry_scans, entry_time)
         anomaly = self._analyse(report.entry_scans, report.exit_scans, duration, estimate, entry_time)
@@ -337,7 +337,7 @@ class FittingRoomService:
                 where = f"in {session.room_id!r}" if session.room_id else "waiting for a room"
                 raise ConflictError(f"session {report.session_id!r} is {where}, not in {report.room_id!r}")
             assert session.assigned_at is not None
-            exit_time, duration = _exit_time_and_duration(report, session.assigned_at, now)
+            exit_time, duration = _exit_time_and_duration(report, session.assigned_at, now, on_floor=True)
             anomaly = self._analyse(
                 session.item_ids, report.exit_scans, duration, session.prediction, session.assigned_at
             )
@@ -423,13 +423,20 @@ class FittingRoomService:
             raise NotFoundError(f"unknown session {session_id!r}")
 
 
-def _exit_time_and_duration(report: ExitReport, entry_time: datetime | None, now: datetime) -> tuple[datetime, float]:
-    """Exit time is exit_time, else entry + actual_duration, else now; duration follows from them."""
+def _exit_time_and_duration(
+    report: ExitReport, entry_time: datetime | None, now: datetime, *, on_floor: bool
+) -> tuple[datetime, float]:
+    """Exit time and duration (minutes) of a report; missing ones follow from the others.
+
+    A session on the floor leaves at `exit_time`, else now: an event without a time happens when it is reported,
+    and an exit dated entry + actual_duration could lie in the future and block the room's next arrival. An
+    unknown session (analysis only) is dated exit_time, else entry + actual_duration, else now.
+    """
     if report.actual_duration is None and entry_time is None:
         raise InvalidRequestError("give actual_duration, or entry_time with exit_time")
     if report.exit_time is not None:
         exit_time = report.exit_time
-    elif report.actual_duration is not None and entry_time is not None:
+    elif not on_floor and report.actual_duration is not None and entry_time is not None:
         exit_time = entry_time + timedelta(minutes=report.actual_duration)
     else:
         exit_time = now

@@ -214,3 +214,13 @@ def test_server_clock_lag_behind_a_just_committed_event_is_not_an_error(service:
     view = service.assign(ITEMS, False, lagging, server_clock=True)
     assert view.session.arrived_at == at(10)
     assert view.session.room_id == room
+
+
+def test_an_exit_reported_with_only_a_duration_happens_when_reported(service: FittingRoomService):
+    # A gate that measured 10 minutes reports a session seated seconds ago: dating the exit entry + 10 min
+    # would put room_1's last event in the future and refuse its next arrival.
+    seated, _neighbour = (service.assign(ITEMS, False, at(0)).session for _ in range(2))
+    result = service.check_exit(ExitReport(seated.session_id, "room_1", ITEMS, actual_duration=10.0), at(0.1))
+    assert result.duration == 10.0 and result.room_released
+    assert service.session(seated.session_id, at(1)).session.ended_at == at(0.1)
+    assert service.assign(ITEMS, False, at(0.2)).session.room_id == "room_1"
