@@ -68,7 +68,7 @@ postgres-deps:
 
 # Benchmarks: figures the README quotes. bench-replay: store-day replay (issue #4), a few minutes on 2 cores.
 .PHONY: bench-replay
-bench: bench-replay bench-inference bench-http bench-engine
+bench: bench-replay bench-inference bench-http bench-engine bench-replicas
 
 bench-replay: $(VENV)/.runtime
 	$(PY) -m benchmarks.bench_replay --out benchmarks/results
@@ -84,6 +84,11 @@ bench-http: $(VENV)/.runtime data models
 
 bench-engine: $(VENV)/.runtime
 	$(PY) -m benchmarks.bench_engine --out benchmarks/results
+
+# Issue #8: assign-and-release cycles per second on SQLite and on PostgreSQL with 1 and 2 uvicorn replicas.
+.PHONY: bench-replicas
+bench-replicas: $(VENV)/.runtime data models postgres-deps
+	$(PY) -m benchmarks.bench_replicas --out benchmarks/results
 
 # Issue #8: bring FITTING_ROOM_DATABASE (SQLite path or postgresql://...) to the newest schema. The service also
 # does this at start when the database is empty.
