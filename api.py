@@ -329,6 +329,14 @@ def event_time(value: datetime | None, settings: Settings) -> datetime:
     return value
 
 
+def projection_time(value: datetime | None, settings: Settings) -> datetime:
+    """When estimates are projected to: as given, else the server's clock to the second.
+
+    Whole seconds let every kiosk and tablet polling within one second share one projection of the floor.
+    """
+    return event_time(value, settings) if value is not None else datetime.now(UTC).replace(microsecond=0)
+
+
 def once(
     ctx: StoreContext, key: str | None, request: Request, body: BaseModel | None, action: Callable[[], BaseModel]
 ) -> Any:
@@ -423,12 +431,12 @@ def _add_routes(app: FastAPI) -> None:
     @app.get("/rooms/status", response_model=RoomsStatusResponse, responses=ERRORS)
     def rooms_status(store: Kiosk, at: At = None) -> RoomsStatusResponse:
         """Every room of the caller's store and its waitlist with live estimates."""
-        return presenters.floor_response(store.service.floor_status(event_time(at, store.settings)))
+        return presenters.floor_response(store.service.floor_status(projection_time(at, store.settings)))
 
     @app.get("/sessions/{session_id}", response_model=SessionResponse, responses=ERRORS)
     def get_session(session_id: SessionId, store: Kiosk, at: At = None) -> SessionResponse:
         """A session: status, room, or position and estimated wait while waiting."""
-        view = store.service.session(session_id, event_time(at, store.settings))
+        view = store.service.session(session_id, projection_time(at, store.settings))
         return presenters.session_response(view)
 
     @app.post("/sessions/{session_id}/cancel", response_model=SessionResponse, responses=ERRORS)

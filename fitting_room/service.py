@@ -30,6 +30,8 @@ from fitting_room.estimates import Projection, WaitInterval, project
 from fitting_room.store import Alert, Completion, Store
 
 ALERT_OUTCOMES = ("theft", "false_alarm", "item_found")
+# Wait projections kept per (floor version, moment): enough for a few moments in flight at once.
+PROJECTION_MEMO_SIZE = 8
 
 
 class DurationModel(Protocol):
@@ -189,6 +191,7 @@ class FittingRoomService:
         self.predictor = predictor
         self.detector = detector
         self.new_id = new_id
+        self._projections: dict[tuple[int, datetime], Projection] = {}
 
     def predict(self, item_ids: Sequence[str], entry_time: datetime, level: float = 0.9) -> Prediction:
         """Predicted duration (minutes) of a session with these items entering at `entry_time`."""
@@ -220,7 +223,7 @@ class FittingRoomService:
                     now = session.arrived_at = floor.catch_up(now)
                 changes = engine.admit(floor, session, now)
                 tx.save(floor, changes)
-            return self._view(floor, replace(session), now)
+            return self._view(floor, replace(session), now, tx.floor_version)
 
     def cancel(self, session_id: str, now: datetime) -> SessionView:
         """Take a waiting customer out of the line."""
@@ -239,10 +242,10 @@ class FittingRoomService:
 
     def session(self, session_id: str, at: datetime) -> SessionView:
         """A session with its position and wait as of `at`."""
-        with self.store.floor() as floor:
-            live = floor.active.get(session_id)
+        with self.store.floor() as snapshot:
+            live = snapshot.floor.active.get(session_id)
             if live is not None and live.status is SessionStatus.WAITLISTED:
-                return self._view(floor, replace(live), at)
+                return self._view(snapshot.floor, replace(live), at, snapshot.version)
         with self.store.read() as tx:
             stored, completion = tx.get_session(session_id)
         return SessionView(session=stored, completion=completion)
@@ -263,8 +266,9 @@ class FittingRoomService:
 
     def floor_status(self, at: datetime) -> FloorView:
         """Every room and the waitlist, with estimates projected as of `at`."""
-        with self.store.floor() as floor:
-            projection = project(floor, at, self.rules)
+        with self.store.floor() as snapshot:
+            floor = snapshot.floor
+            projection = self._projection(floor, at, snapshot.version)
             rooms = [self._room_view(floor, room, projection, at) for room in floor.rooms.values()]
             waitlist = [
                 SessionView(replace(s), i, projection.waits[s.session_id], projection.intervals[s.session_id])
@@ -279,9 +283,9 @@ class FittingRoomService:
 
     def check_exit(self, report: ExitReport, now: datetime) -> ExitResult:
         """Analyse a finished session; if it is the one in that room, complete it and free the room."""
-        with self.store.read() as tx:
-            known = tx.session_exists(report.session_id)
-            room_exists = tx.room_exists(report.room_id)
+        with self.store.floor() as snapshot:
+            room_exists = report.room_id in snapshot.floor.rooms
+            known = report.session_id in snapshot.floor.active or snapshot.tx.session_exists(report.session_id)
         if not room_exists:
             raise NotFoundError(f"unknown room {report.room_id!r}")
         if not known:
@@ -395,16 +399,26 @@ class FittingRoomService:
             )
         )
 
-    def _view(self, floor: Floor, session: Session, at: datetime) -> SessionView:
+    def _view(self, floor: Floor, session: Session, at: datetime, version: int) -> SessionView:
         if session.status is not SessionStatus.WAITLISTED:
             return SessionView(session=session, estimated_wait=0.0)
-        projection = project(floor, at, self.rules)
+        projection = self._projection(floor, at, version)
         return SessionView(
             session=session,
-            position=floor.positions()[session.session_id],
+            position=floor.position(session.session_id),
             estimated_wait=projection.waits[session.session_id],
             wait_interval=projection.intervals[session.session_id],
         )
+
+    def _projection(self, floor: Floor, at: datetime, version: int) -> Projection:
+        # Kiosks and tablets polling within the same second see one floor version: project it once.
+        # Callers hold the store's lock, so the memo needs no lock of its own.
+        key = (version, at)
+        if self._projections.get(key) is None:
+            if len(self._projections) >= PROJECTION_MEMO_SIZE:
+                self._projections.pop(next(iter(self._projections)))
+            self._projections[key] = project(floor, at, self.rules)
+        return self._projections[key]
 
     @staticmethod
     def _room_view(floor: Floor, room: Room, projection: Projection, at: datetime) -> RoomView:

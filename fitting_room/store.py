@@ -360,10 +360,11 @@ class Store:
             yield
 
     @contextmanager
-    def floor(self) -> Iterator[Floor]:
-        """The store's current floor, to read (never change) inside the block; the cached one when current."""
+    def floor(self) -> Iterator[FloorSnapshot]:
+        """The store's current floor and its version, to read (never change) inside the block."""
         with self._lock, self.read(cache=self._cache) as tx:
-            yield tx.load_floor()
+            floor = tx.load_floor()
+            yield FloorSnapshot(floor, tx.floor_version, tx)
 
     @contextmanager
     def read(self, cache: FloorCache | None = None) -> Iterator[Transaction]:
@@ -411,6 +412,15 @@ def is_transient(err: DBAPIError) -> bool:
     if sqlstate in TRANSIENT_SQLSTATES:
         return True
     return isinstance(err, OperationalError) and "database is locked" in str(err.orig)
+
+
+@dataclass(frozen=True)
+class FloorSnapshot:
+    """The floor at one version, with the read transaction it came from (for anything else to look up)."""
+
+    floor: Floor
+    version: int
+    tx: Transaction
 
 
 class FloorCache:
@@ -481,6 +491,13 @@ class Transaction:
         query = select(store_state.c.floor_version).where(store_state.c.store_id == self.store_id)
         self.version = self.conn.execute(query.with_for_update()).scalar_one()
 
+    @property
+    def floor_version(self) -> int:
+        """The floor version this transaction sees (after its own changes)."""
+        version = self.new_version if self.new_version is not None else self.version
+        assert version is not None, "read the floor first"
+        return version
+
     def _bump_version(self) -> None:
         if self.version is None:
             self.lock_store()
@@ -517,11 +534,6 @@ class Transaction:
             else:
                 kept.append(room_id)
         return kept
-
-    def room_exists(self, room_id: str) -> bool:
-        """True when the room is configured (one indexed lookup, no floor load)."""
-        query = select(rooms_table.c.room_id).where(self._room(room_id))
-        return self.conn.execute(query).first() is not None
 
     def load_floor(self) -> Floor:
         """The store's rooms and active sessions: the cached floor when it is current, else read from the rows."""

@@ -4,15 +4,17 @@ concurrency."""
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
-from datetime import timedelta
+from datetime import datetime, timedelta
 from threading import Barrier
 
 import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
 
-from fitting_room.engine import RoomSpec, SessionStatus
+from fitting_room import service as service_module
+from fitting_room.engine import Floor, RoomSpec, Rules, SessionStatus
 from fitting_room.errors import ConflictError, InvalidRequestError, NotFoundError
+from fitting_room.estimates import Projection, project
 from fitting_room.service import ExitReport, FittingRoomService
 from tests.engine_factories import at
 from tests.fakes import make_service
@@ -224,3 +226,25 @@ def test_an_exit_reported_with_only_a_duration_happens_when_reported(service: Fi
     assert result.duration == 10.0 and result.room_released
     assert service.session(seated.session_id, at(1)).session.ended_at == at(0.1)
     assert service.assign(ITEMS, False, at(0.2)).session.room_id == "room_1"
+
+
+def test_one_projection_serves_every_poll_of_the_same_floor_and_moment(
+    service: FittingRoomService, monkeypatch: pytest.MonkeyPatch
+):
+    waiting = fill(service, 5)[3:]
+    calls: list[datetime] = []
+
+    def counting_project(floor: Floor, at: datetime, rules: Rules) -> Projection:
+        calls.append(at)
+        return project(floor, at, rules)
+
+    monkeypatch.setattr(service_module, "project", counting_project)
+    first = service.floor_status(at(1))
+    assert service.floor_status(at(1)) is not None and service.session(waiting[0], at(1)).estimated_wait
+    assert calls == [at(1)]
+    assert service.floor_status(at(2)).waitlist[0].estimated_wait == pytest.approx(
+        first.waitlist[0].estimated_wait - 1.0, abs=1.0
+    )
+    service.cancel(waiting[1], at(2))  # a new floor version: the old projection no longer applies
+    assert [v.position for v in service.floor_status(at(2)).waitlist] == [1]
+    assert calls == [at(1), at(2), at(2)]
