@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import cached_property
 from typing import Any, TypeVar
 
 from sqlalchemy import (
@@ -31,6 +32,7 @@ from sqlalchemy import (
     String,
     Table,
     and_,
+    bindparam,
     create_engine,
     event,
     func,
@@ -423,6 +425,14 @@ class FloorSnapshot:
     tx: Transaction
 
 
+# The statements every request runs, built once (bound parameters, so SQLAlchemy reuses their compiled form).
+FLOOR_VERSION = select(store_state.c.floor_version).where(store_state.c.store_id == bindparam("store_id"))
+LOCK_STORE = FLOOR_VERSION.with_for_update()
+SESSION_EXISTS = select(sessions_table.c.session_id).where(
+    sessions_table.c.store_id == bindparam("store_id"), sessions_table.c.session_id == bindparam("session_id")
+)
+
+
 class FloorCache:
     """A store's floor as of one committed `floor_version`, kept in memory between transactions.
 
@@ -471,8 +481,14 @@ class Transaction:
         # Set once this transaction changed the floor: the version it commits, and the floor as it leaves it.
         self.new_version: int | None = None
         self.floor: Floor | None = None
-        self._rooms = rooms_table.c.store_id == store_id
-        self._sessions = sessions_table.c.store_id == store_id
+
+    @cached_property
+    def _rooms(self) -> ColumnElement[bool]:
+        return rooms_table.c.store_id == self.store_id
+
+    @cached_property
+    def _sessions(self) -> ColumnElement[bool]:
+        return sessions_table.c.store_id == self.store_id
 
     def _room(self, room_id: str) -> ColumnElement[bool]:
         return and_(self._rooms, rooms_table.c.room_id == room_id)
@@ -488,8 +504,7 @@ class Transaction:
 
     def lock_store(self) -> None:
         """Lock the store's state row (FOR UPDATE where the database has it) and read its floor version."""
-        query = select(store_state.c.floor_version).where(store_state.c.store_id == self.store_id)
-        self.version = self.conn.execute(query.with_for_update()).scalar_one()
+        self.version = self.conn.execute(LOCK_STORE, {"store_id": self.store_id}).scalar_one()
 
     @property
     def floor_version(self) -> int:
@@ -540,8 +555,7 @@ class Transaction:
         if self.floor is not None:
             return self.floor
         if self.version is None:
-            query = select(store_state.c.floor_version).where(store_state.c.store_id == self.store_id)
-            self.version = self.conn.execute(query).scalar_one()
+            self.version = self.conn.execute(FLOOR_VERSION, {"store_id": self.store_id}).scalar_one()
         cached = self.cache.get(self.version) if self.cache is not None and self.new_version is None else None
         self.floor = cached if cached is not None else self._read_floor()
         if cached is None and self.cache is not None and self.new_version is None:
@@ -680,7 +694,8 @@ class Transaction:
 
     def session_exists(self, session_id: str) -> bool:
         """True when the store has ever seen this session id."""
-        return bool(self._existing_session_ids([session_id]))
+        found = self.conn.execute(SESSION_EXISTS, {"store_id": self.store_id, "session_id": session_id}).first()
+        return found is not None
 
     def record_completion(self, session_id: str, completion: Completion) -> None:
         """Store a finished session's exit scans, duration and anomaly result."""
