@@ -240,9 +240,9 @@ class FittingRoomService:
             tx.save(floor, engine.Changes(sessions={session_id}), ended=[session])
         return SessionView(session=session)
 
-    def session(self, session_id: str, at: datetime) -> SessionView:
-        """A session with its position and wait as of `at`."""
-        with self.store.floor() as snapshot:
+    def session(self, session_id: str, at: datetime, *, wait: bool = True) -> SessionView:
+        """A session with its position and wait as of `at` (`wait=False`: StoreBusyError, not a wait)."""
+        with self.store.floor(wait) as snapshot:
             live = snapshot.floor.active.get(session_id)
             if live is not None and live.status is SessionStatus.WAITLISTED:
                 return self._view(snapshot.floor, replace(live), at, snapshot.version)
@@ -264,9 +264,9 @@ class FittingRoomService:
             tx.save(floor, engine.fill_free_rooms(floor, now, self.rules))
         return kept
 
-    def floor_status(self, at: datetime) -> FloorView:
-        """Every room and the waitlist, with estimates projected as of `at`."""
-        with self.store.floor() as snapshot:
+    def floor_status(self, at: datetime, *, wait: bool = True) -> FloorView:
+        """Every room and the waitlist as of `at` (`wait=False`: StoreBusyError, not a wait)."""
+        with self.store.floor(wait) as snapshot:
             floor = snapshot.floor
             projection = self._projection(floor, at, snapshot.version)
             rooms = [self._room_view(floor, room, projection, at) for room in floor.rooms.values()]
@@ -283,14 +283,19 @@ class FittingRoomService:
 
     def check_exit(self, report: ExitReport, now: datetime) -> ExitResult:
         """Analyse a finished session; if it is the one in that room, complete it and free the room."""
-        with self.store.floor() as snapshot:
+        analysed = self.analyse_if_unknown(report, now)
+        if analysed is not None:
+            return analysed
+        return self.store.retrying(lambda: self._complete(report, now))
+
+    def analyse_if_unknown(self, report: ExitReport, now: datetime, *, wait: bool = True) -> ExitResult | None:
+        """The analysis of a session this store never saw (no state change); None when the store knows it."""
+        with self.store.floor(wait) as snapshot:
             room_exists = report.room_id in snapshot.floor.rooms
             known = report.session_id in snapshot.floor.active or snapshot.tx.session_exists(report.session_id)
         if not room_exists:
             raise NotFoundError(f"unknown room {report.room_id!r}")
-        if not known:
-            return self._analyse_unknown(report, now)
-        return self.store.retrying(lambda: self._complete(report, now))
+        return None if known else self._analyse_unknown(report, now)
 
     def list_alerts(self, status: str | None = None, limit: int = 100) -> list[Alert]:
         """Alerts for staff, open ones first."""

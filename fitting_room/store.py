@@ -362,11 +362,19 @@ class Store:
             yield
 
     @contextmanager
-    def floor(self) -> Iterator[FloorSnapshot]:
-        """The store's current floor and its version, to read (never change) inside the block."""
-        with self._lock, self.read(cache=self._cache) as tx:
-            floor = tx.load_floor()
-            yield FloorSnapshot(floor, tx.floor_version, tx)
+    def floor(self, wait: bool = True) -> Iterator[FloorSnapshot]:
+        """The store's current floor and its version, to read (never change) inside the block.
+
+        With `wait=False` it raises StoreBusyError instead of waiting while a writer of this process holds the floor.
+        """
+        if not self._lock.acquire(blocking=wait):
+            raise StoreBusyError(self.store_id)
+        try:
+            with self.read(cache=self._cache) as tx:
+                floor = tx.load_floor()
+                yield FloorSnapshot(floor, tx.floor_version, tx)
+        finally:
+            self._lock.release()
 
     @contextmanager
     def read(self, cache: FloorCache | None = None) -> Iterator[Transaction]:
@@ -414,6 +422,10 @@ def is_transient(err: DBAPIError) -> bool:
     if sqlstate in TRANSIENT_SQLSTATES:
         return True
     return isinstance(err, OperationalError) and "database is locked" in str(err.orig)
+
+
+class StoreBusyError(Exception):
+    """A writer holds the store's floor right now (raised only to callers that asked not to wait)."""
 
 
 @dataclass(frozen=True)

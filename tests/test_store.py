@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import psycopg.errors
 import pytest
 from sqlalchemy import event, text
@@ -10,7 +12,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from fitting_room import engine
 from fitting_room.engine import RoomSpec, Session
 from fitting_room.service import ExitReport
-from fitting_room.store import Database, Store
+from fitting_room.store import Database, Store, StoreBusyError
 from tests.engine_factories import at, lognormal_prediction
 from tests.fakes import make_service
 
@@ -140,3 +142,14 @@ def test_a_rolled_back_change_leaves_no_trace_in_memory(database: str):
     view = service.floor_status(at(2))
     assert [r.session for r in view.rooms] == [None]
     assert service.assign(ITEMS, False, at(3)).session.room_id == "room_1"
+
+
+def test_a_reader_that_may_not_wait_is_told_the_floor_is_busy(database: str):
+    service = make_service(database, ROOMS)
+    with ThreadPoolExecutor(1) as pool:
+        with service.store.write():  # another thread's read: the lock is re-entrant for the writer's own thread
+            busy = pool.submit(lambda: service.floor_status(at(0), wait=False))
+            busy.exception()
+        with pytest.raises(StoreBusyError):
+            busy.result()
+    assert service.floor_status(at(0), wait=False).rooms[0].session is None
