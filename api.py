@@ -64,7 +64,7 @@ from fitting_room.schemas import (
     SessionResponse,
     WelcomeResponse,
 )
-from fitting_room.service import ExitReport, FittingRoomService
+from fitting_room.service import ExitReport, FittingRoomService, FloorView
 from fitting_room.settings import Settings
 from fitting_room.store import Database, StoreBusyError
 from models import AnomalyDetector, DurationPredictor
@@ -136,6 +136,8 @@ class StoreContext:
     settings: Settings
     service: FittingRoomService
     models: ModelStatus
+    # The last status body served and the view it was made from: polls of an unchanged view get the same bytes.
+    status_body: tuple[FloorView, bytes] | None = None
 
 
 @dataclass
@@ -460,7 +462,10 @@ def _add_routes(app: FastAPI) -> None:
     async def rooms_status(store: Kiosk, at: At = None) -> Response:
         """Every room of the caller's store and its waitlist with live estimates."""
         view = await read_without_stalling(store, store.service.floor_status, projection_time(at, store.settings))
-        return json_response(presenters.floor_response(view))
+        served = store.status_body
+        if served is None or served[0] is not view:
+            served = store.status_body = (view, presenters.floor_response(view).model_dump_json().encode())
+        return Response(served[1], media_type="application/json")
 
     @app.get("/sessions/{session_id}", response_model=SessionResponse, responses=ERRORS)
     async def get_session(session_id: SessionId, store: Kiosk, at: At = None) -> Response:

@@ -10,7 +10,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
-from typing import Any, Protocol
+from typing import Any, Generic, Protocol, TypeVar
 
 from fitting_room import engine
 from fitting_room.catalog import Catalog
@@ -30,8 +30,30 @@ from fitting_room.estimates import Projection, WaitInterval, project
 from fitting_room.store import Alert, Completion, Store
 
 ALERT_OUTCOMES = ("theft", "false_alarm", "item_found")
-# Wait projections kept per (floor version, moment): enough for a few moments in flight at once.
-PROJECTION_MEMO_SIZE = 8
+# Results kept per (floor version, moment): enough for a few moments in flight at once.
+MEMO_SIZE = 8
+V = TypeVar("V")
+
+
+class FloorMemo(Generic[V]):
+    """Results computed from one floor version as of one moment, kept for the polls that ask again.
+
+    Kiosks and tablets polling within the same second see the same floor version: compute once. Callers hold the
+    store's lock, so the memo needs no lock of its own.
+    """
+
+    def __init__(self, size: int = MEMO_SIZE) -> None:
+        self._size = size
+        self._items: dict[tuple[int, datetime], V] = {}
+
+    def get(self, version: int, at: datetime, compute: Callable[[], V]) -> V:
+        """The result for (version, at), computed now if it is not kept."""
+        key = (version, at)
+        if key not in self._items:
+            if len(self._items) >= self._size:
+                self._items.pop(next(iter(self._items)))  # the oldest: dicts keep insertion order
+            self._items[key] = compute()
+        return self._items[key]
 
 
 class DurationModel(Protocol):
@@ -191,7 +213,8 @@ class FittingRoomService:
         self.predictor = predictor
         self.detector = detector
         self.new_id = new_id
-        self._projections: dict[tuple[int, datetime], Projection] = {}
+        self._projections: FloorMemo[Projection] = FloorMemo()
+        self._floor_views: FloorMemo[FloorView] = FloorMemo()
 
     def predict(self, item_ids: Sequence[str], entry_time: datetime, level: float = 0.9) -> Prediction:
         """Predicted duration (minutes) of a session with these items entering at `entry_time`."""
@@ -267,13 +290,18 @@ class FittingRoomService:
     def floor_status(self, at: datetime, *, wait: bool = True) -> FloorView:
         """Every room and the waitlist as of `at` (`wait=False`: StoreBusyError, not a wait)."""
         with self.store.floor(wait) as snapshot:
-            floor = snapshot.floor
-            projection = self._projection(floor, at, snapshot.version)
-            rooms = [self._room_view(floor, room, projection, at) for room in floor.rooms.values()]
-            waitlist = [
-                SessionView(replace(s), i, projection.waits[s.session_id], projection.intervals[s.session_id])
-                for i, s in enumerate(floor.waitlist(), start=1)
-            ]
+            # Views hold copies of the floor's objects, so one view can be handed to every poll that asks again.
+            return self._floor_views.get(
+                snapshot.version, at, lambda: self._floor_view(snapshot.floor, at, snapshot.version)
+            )
+
+    def _floor_view(self, floor: Floor, at: datetime, version: int) -> FloorView:
+        projection = self._projection(floor, at, version)
+        rooms = [self._room_view(floor, room, projection, at) for room in floor.rooms.values()]
+        waitlist = [
+            SessionView(replace(s), i, projection.waits[s.session_id], projection.intervals[s.session_id])
+            for i, s in enumerate(floor.waitlist(), start=1)
+        ]
         return FloorView(at=at, rooms=rooms, waitlist=waitlist)
 
     def waitlist_length(self) -> int:
@@ -416,14 +444,7 @@ class FittingRoomService:
         )
 
     def _projection(self, floor: Floor, at: datetime, version: int) -> Projection:
-        # Kiosks and tablets polling within the same second see one floor version: project it once.
-        # Callers hold the store's lock, so the memo needs no lock of its own.
-        key = (version, at)
-        if self._projections.get(key) is None:
-            if len(self._projections) >= PROJECTION_MEMO_SIZE:
-                self._projections.pop(next(iter(self._projections)))
-            self._projections[key] = project(floor, at, self.rules)
-        return self._projections[key]
+        return self._projections.get(version, at, lambda: project(floor, at, self.rules))
 
     @staticmethod
     def _room_view(floor: Floor, room: Room, projection: Projection, at: datetime) -> RoomView:

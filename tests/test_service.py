@@ -240,11 +240,14 @@ def test_one_projection_serves_every_poll_of_the_same_floor_and_moment(
 
     monkeypatch.setattr(service_module, "project", counting_project)
     first = service.floor_status(at(1))
-    assert service.floor_status(at(1)) is not None and service.session(waiting[0], at(1)).estimated_wait
+    assert service.floor_status(at(1)) is first  # an unchanged floor at the same moment: the same view
+    assert service.session(waiting[0], at(1)).estimated_wait
     assert calls == [at(1)]
     later = service.floor_status(at(2)).waitlist[0].estimated_wait
     assert later is not None and first.waitlist[0].estimated_wait is not None
     assert later < first.waitlist[0].estimated_wait
-    service.cancel(waiting[1], at(2))  # a new floor version: the old projection no longer applies
+    before_cancel = service.floor_status(at(2))
+    service.cancel(waiting[1], at(2))  # a new floor version: the old projection and view no longer apply
     assert [v.position for v in service.floor_status(at(2)).waitlist] == [1]
+    assert [v.position for v in before_cancel.waitlist] == [1, 2]
     assert calls == [at(1), at(2), at(2)]
