@@ -42,7 +42,16 @@ from typing import Any
 import numpy as np
 import requests
 
-from benchmarks._common import REPO, RESULTS, ensure_store, load_average, machine_line, markdown_table, write_result
+from benchmarks._common import (
+    REPO,
+    RESULTS,
+    ensure_store,
+    load_average,
+    machine_line,
+    markdown_table,
+    update_readme,
+    write_result,
+)
 from benchmarks.bench_http import call, server
 from tests.pg_cluster import PostgresCluster, find_bindir
 
@@ -525,6 +534,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     text = report(runs, args, find_bindir().parent.name)
     print(text)
     write_result(args.out, "replicas.md", text)
+    update_readme("replicas", text)
     return 0
 
 
