@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import platform
 import re
@@ -90,6 +91,15 @@ def update_readme(section: str, text: str, readme: Path = REPO / "README.md") ->
         return False
     readme.write_text(pattern.sub(lambda m: m.group(1) + text.rstrip() + "\n" + m.group(2), content), "utf-8")
     return True
+
+
+def store_parser(doc: str | None) -> argparse.ArgumentParser:
+    """A parser with the options every benchmark over a trained store takes: --data-dir, --model-dir, --out."""
+    parser = argparse.ArgumentParser(description=(doc or "").split("\n\n")[0])
+    parser.add_argument("--model-dir", type=Path, default=REPO / "models")
+    parser.add_argument("--data-dir", type=Path, default=REPO / "data")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    return parser
 
 
 def ensure_store(data_dir: Path, model_dir: Path, work_dir: Path, sessions: int = 4000) -> tuple[Path, Path]:

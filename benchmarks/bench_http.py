@@ -37,11 +37,11 @@ import numpy as np
 
 from benchmarks._common import (
     REPO,
-    RESULTS,
     ensure_store,
     load_average,
     machine_line,
     markdown_table,
+    store_parser,
     update_readme,
     write_result,
 )
@@ -127,10 +127,7 @@ class Run:
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """Command-line options."""
-    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
-    parser.add_argument("--model-dir", type=Path, default=REPO / "models")
-    parser.add_argument("--data-dir", type=Path, default=REPO / "data")
-    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser = store_parser(__doc__)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--seconds", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2, help="seconds of unrecorded load per route first")

@@ -25,12 +25,11 @@ import numpy.typing as npt
 from threadpoolctl import threadpool_limits
 
 from benchmarks._common import (
-    REPO,
-    RESULTS,
     ensure_store,
     fmt_us,
     machine_line,
     markdown_table,
+    store_parser,
     time_calls,
     update_readme,
     write_result,
@@ -54,10 +53,7 @@ class Case:
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """Command-line options."""
-    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
-    parser.add_argument("--model-dir", type=Path, default=REPO / "models")
-    parser.add_argument("--data-dir", type=Path, default=REPO / "data")
-    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser = store_parser(__doc__)
     parser.add_argument("--rows", type=int, default=500, help="distinct historical sessions to cycle through")
     parser.add_argument("--fast-calls", type=int, default=3000)
     parser.add_argument("--sklearn-calls", type=int, default=300)
