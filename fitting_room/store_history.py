@@ -1,6 +1,6 @@
 """Export the store's own finished sessions, with staff verdicts as labels, in the data contract.
 
-    python -m fitting_room.store_history [--database PATH_OR_URL] [--out data/store_history.csv]
+    python -m fitting_room.store_history [--database PATH_OR_URL] [--store STORE_ID] [--out data/store_history.csv]
 
 Closing the loop: every session the service completed is a training example, and a resolved
 alert is a label. Labels: outcome ``theft`` -> is_anomaly true (anomaly_type theft);
@@ -23,6 +23,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from fitting_room.errors import DataContractError
 from fitting_room.history import CONTRACT_COLUMNS
+from fitting_room.rooms import DEFAULT_STORE
 from fitting_room.store import Store
 
 STORE_HISTORY_FILE = "store_history.csv"
@@ -41,10 +42,10 @@ def database_url(database: str | None) -> str:
     return Settings().database_url if database is None else Settings(database=database).database_url
 
 
-def store_history(url: str) -> pd.DataFrame:
-    """Finished sessions of the state store at `url` as contract columns (text, like a read CSV)."""
+def store_history(url: str, store_id: str = DEFAULT_STORE) -> pd.DataFrame:
+    """Finished sessions of one store of the database at `url` as contract columns (text, like a read CSV)."""
     _check_exists(url)
-    store = Store(url)
+    store = Store(url, store_id)
     try:
         with store.read() as tx:
             finished = tx.finished_sessions()
@@ -56,9 +57,9 @@ def store_history(url: str) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=list(CONTRACT_COLUMNS))
 
 
-def write_store_history(url: str, out: Path) -> pd.DataFrame:
-    """Export the store's finished sessions to the CSV `out`; returns what was written."""
-    frame = store_history(url)
+def write_store_history(url: str, out: Path, store_id: str = DEFAULT_STORE) -> pd.DataFrame:
+    """Export one store's finished sessions to the CSV `out`; returns what was written."""
+    frame = store_history(url, store_id)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     frame.to_csv(out, index=False)
@@ -93,10 +94,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     """CLI: write the export; 0 on success, 2 when the store cannot be read."""
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--database", default=None, help="state store path or SQLAlchemy URL (default: settings)")
+    parser.add_argument("--store", default=DEFAULT_STORE, help="which store of a chain (default: %(default)s)")
     parser.add_argument("--out", type=Path, default=Path("data") / STORE_HISTORY_FILE, help="CSV to write")
     args = parser.parse_args(argv)
     try:
-        frame = write_store_history(database_url(args.database), args.out)
+        frame = write_store_history(database_url(args.database), args.out, args.store)
     except DataContractError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -109,3 +109,13 @@ def test_module_cli_writes_the_file(db: Path, tmp_path: Path) -> None:
 def test_service_type_is_the_real_one(db: Path) -> None:
     # fill_store relies on the real service (alerts, resolution) with only the models faked.
     assert isinstance(make_service(db, ROOMS), FittingRoomService)
+
+
+def test_each_store_of_a_chain_exports_only_its_own_sessions(db: Path) -> None:
+    expected = fill_store(db)
+    munich = make_service(db, ROOMS, store_id="munich-02")
+    seated = munich.assign(ITEMS, False, at(0)).session
+    munich.check_exit(ExitReport(seated.session_id, seated.room_id or "", ITEMS, actual_duration=4.0), at(5))
+    munich.store.close()
+    assert set(store_history(f"sqlite:///{db}")["session_id"]) == set(expected)
+    assert store_history(f"sqlite:///{db}", "munich-02")["session_id"].tolist() == [seated.session_id]
