@@ -30,9 +30,11 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
+from functools import partial
 from pathlib import Path
 from statistics import NormalDist
 from typing import Any, TypeVar
@@ -50,10 +52,11 @@ from sklearn.ensemble import (
 )
 from sklearn.metrics import precision_recall_curve
 from sklearn.model_selection import KFold, StratifiedKFold
+from threadpoolctl import threadpool_limits
 
 from fitting_room.catalog import Catalog
 from fitting_room.errors import InvalidRequestError, ModelLoadError
-from fitting_room.evidence import Evidence, Reason, collect_evidence, evidence_reasons
+from fitting_room.evidence import Evidence, Reason, collect_evidence, evidence_reasons, sessions_with_evidence
 from fitting_room.fastpath import FastClassifier, FastIsolationForest, FastRegressors
 from fitting_room.features import FeatureBuilder
 
@@ -77,6 +80,7 @@ _FORMAT = "fitting-room-model"
 _FORMAT_VERSION = 1
 
 M = TypeVar("M", bound="_Persistent")
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -201,8 +205,12 @@ class DurationPredictor(_Persistent):
         scale_max_iter: int = 100,
         cv_folds: int = 5,
         exclude_labelled_anomalies: bool = True,
+        n_jobs: int = 1,
     ) -> None:
-        """Store hyperparameters; `max_iter` caps boosting rounds (early stopping picks fewer)."""
+        """Store hyperparameters; `max_iter` caps boosting rounds (early stopping picks fewer).
+
+        `n_jobs` independent fits (cross-fitting folds) run at once, one thread each; results do not depend on it.
+        """
         self.timezone = timezone
         self.random_state = random_state
         self.max_iter = max_iter
@@ -212,6 +220,7 @@ class DurationPredictor(_Persistent):
         self.scale_max_iter = scale_max_iter
         self.cv_folds = cv_folds
         self.exclude_labelled_anomalies = exclude_labelled_anomalies
+        self.n_jobs = n_jobs
 
     def fit(self, sessions: pd.DataFrame, catalog: Catalog) -> DurationPredictor:
         """Learn from history.load_sessions() output; needs at least 2 * cv_folds sessions."""
@@ -225,11 +234,11 @@ class DurationPredictor(_Persistent):
         self.median_model_ = self._median_model(self.max_iter, early_stopping=True).fit(x[train], log_y[train])
         self.n_iter_ = int(self.median_model_.n_iter_)
         folds = list(KFold(self.cv_folds, shuffle=True, random_state=self.random_state).split(x))
-        oof_median = self._cross_fit(x, log_y, train, folds, lambda: self._median_model(self.n_iter_))
+        _, oof_median = self._cross_fit(x, log_y, train, folds, partial(self._median_model, self.n_iter_))
         abs_residual = np.abs(log_y - oof_median)
         self.scale_floor_ = max(0.2 * float(np.median(abs_residual[train])), 1e-3)
-        self.scale_model_ = self._scale_model().fit(x[train], abs_residual[train])
-        oof_scale = np.maximum(self._cross_fit(x, abs_residual, train, folds, self._scale_model), self.scale_floor_)
+        self.scale_model_, oof_scale = self._cross_fit(x, abs_residual, train, folds, self._scale_model, full=True)
+        oof_scale = np.maximum(oof_scale, self.scale_floor_)
         self.residuals_ = np.sort((log_y - oof_median) / oof_scale)
         self.quantile_grid_ = np.array([self._residual_quantile(p) for p in QUANTILE_LEVELS])
         ids = sessions["session_id"].astype(str).tolist()
@@ -339,20 +348,27 @@ class DurationPredictor(_Persistent):
             random_state=self.random_state,
         )
 
-    @staticmethod
     def _cross_fit(
+        self,
         x: np.ndarray,
         target: np.ndarray,
         train: np.ndarray,
         folds: list[tuple[np.ndarray, np.ndarray]],
-        make: Any,
-    ) -> np.ndarray:
-        """Out-of-fold predictions for every row; each fold's model sees only `train` rows outside it."""
+        make: Callable[[], Any],
+        full: bool = False,
+    ) -> tuple[Any, np.ndarray]:
+        """(Model on all `train` rows when `full`, else None; out-of-fold predictions for every row).
+
+        Each fold's model sees only `train` rows outside it; the fits are independent, so they run in parallel.
+        """
+        fits = [partial(_fit_predict, make, x, target, rows[train[rows]], held_out) for rows, held_out in folds]
+        if full:
+            fits.append(partial(_fit_predict, make, x, target, np.flatnonzero(train), np.arange(0)))
+        results = _in_parallel(fits, self.n_jobs)
         out = np.empty(len(x))
-        for fit_rows, held_out in folds:
-            fit_rows = fit_rows[train[fit_rows]]
-            out[held_out] = make().fit(x[fit_rows], target[fit_rows]).predict(x[held_out])
-        return out
+        for (_, held_out), (_, predicted) in zip(folds, results, strict=False):
+            out[held_out] = predicted
+        return (results[-1][0] if full else None), out
 
     def _schema(self) -> dict[str, Any]:
         return self.builder_.schema
@@ -420,8 +436,12 @@ class AnomalyDetector(_Persistent):
         cv_folds: int = 5,
         use_labels: bool = True,
         currency: str = "€",
+        n_jobs: int = 1,
     ) -> None:
-        """Store settings; `min_labels` positives and negatives are needed to train on labels."""
+        """Store settings; `min_labels` positives and negatives are needed to train on labels.
+
+        `n_jobs` independent classifier fits run at once, one thread each; results do not depend on it.
+        """
         self.random_state = random_state
         self.n_estimators = n_estimators
         self.swap_weight = swap_weight
@@ -433,11 +453,22 @@ class AnomalyDetector(_Persistent):
         self.cv_folds = cv_folds
         self.use_labels = use_labels
         self.currency = currency
+        self.n_jobs = n_jobs
 
-    def fit(self, sessions: pd.DataFrame, catalog: Catalog, predictor: DurationPredictor) -> AnomalyDetector:
-        """Learn normal behaviour (and labels when present) from history.load_sessions() output."""
+    def fit(
+        self,
+        sessions: pd.DataFrame,
+        catalog: Catalog,
+        predictor: DurationPredictor,
+        features: np.ndarray | None = None,
+    ) -> AnomalyDetector:
+        """Learn normal behaviour (and labels when present) from history.load_sessions() output.
+
+        `features` is session_features(sessions, catalog, predictor) when the caller already has it.
+        """
         self._fast = None
-        features = self.session_features(sessions, catalog, predictor)
+        if features is None:
+            features = self.session_features(sessions, catalog, predictor)
         self.pattern_share_ = _pattern_shares(features)
         labelled_anomaly = _labelled_anomalies(sessions)
         clean = ~features[:, _N_MISSING : _N_SWAPS + 1].any(axis=1) & ~labelled_anomaly
@@ -478,7 +509,7 @@ class AnomalyDetector(_Persistent):
         log_grid = np.log(np.asarray(estimate.quantiles, dtype=float))[None, :]
         # getattr: a wrapped or fast-path predictor may not carry the time zone; UTC is the default.
         hour = np.array([_local_hour(entry_time, getattr(predictor, "timezone", "UTC"))])
-        features = _feature_rows(log_y, log_grid, [evidence], hour)
+        features = _feature_rows(log_y, log_grid, np.array([_evidence_columns(evidence)]), hour)
         score = float(self.score(features)[0])
         is_anomaly = bool(score >= self.threshold_)
         reasons = evidence_reasons(evidence, self.currency)
@@ -506,12 +537,8 @@ class AnomalyDetector(_Persistent):
     def session_features(sessions: pd.DataFrame, catalog: Catalog, predictor: DurationPredictor) -> np.ndarray:
         """DETECTOR_FEATURES of finished sessions; durations judged out-of-fold where possible."""
         log_y, log_grid = predictor.history_log_grids(sessions, catalog)
-        evidence = [
-            collect_evidence(entry, exit_, catalog)
-            for entry, exit_ in zip(sessions["entry_scans"], sessions["exit_scans"], strict=True)
-        ]
-        hours = np.array([_local_hour(t, predictor.timezone) for t in sessions["entry_time"]], dtype=float)
-        return _feature_rows(log_y, log_grid, evidence, hours)
+        evidence = _evidence_block(sessions["entry_scans"].tolist(), sessions["exit_scans"].tolist(), catalog)
+        return _feature_rows(log_y, log_grid, evidence, _local_hours(sessions["entry_time"], predictor.timezone))
 
     def risk_level(self, score: float) -> str:
         """Risk band of a score: high at or above the flag threshold, medium from the medium band, else low."""
@@ -532,7 +559,8 @@ class AnomalyDetector(_Persistent):
         p_isolation = (1.0 + exceed) / (1.0 + len(reference))
         p_overstay = np.maximum(ndtr(-features[:, _Z_ROBUST]), 1e-300)
         unseen = 1.0 / (1.0 + self.pattern_share_["n"])  # a pattern never seen in training
-        p_pattern = np.array([self.pattern_share_.get(_pattern(row), unseen) for row in features])
+        codes = _pattern_codes(features)
+        p_pattern = np.array([self.pattern_share_.get(key, unseen) for key in _PATTERNS])[codes]
         n = np.maximum(features[:, _N_ITEMS], 1.0)
         rank = features[:, _MISSING_RANK] * (features[:, _N_MISSING] > 0) * (n > 1)
         # Under a random miss the dearest missing item is uniform over the basket's price order.
@@ -556,17 +584,20 @@ class AnomalyDetector(_Persistent):
     def _fit_classifier(self, features: np.ndarray, y: np.ndarray) -> None:
         """Label-trained classifier; thresholds chosen on out-of-fold probabilities."""
         inputs = np.column_stack((features, self._surprisals(features)))
-        folds = StratifiedKFold(self.cv_folds, shuffle=True, random_state=self.random_state)
+        folds = list(StratifiedKFold(self.cv_folds, shuffle=True, random_state=self.random_state).split(inputs, y))
+        # The folds and the final fit are independent: one parallel batch.
+        fits = [partial(_fit_predict, self._classifier, inputs, y, rows, held_out) for rows, held_out in folds]
+        fits.append(partial(_fit_predict, self._classifier, inputs, y, np.arange(len(y)), np.arange(0)))
+        results = _in_parallel(fits, self.n_jobs)
         out_of_fold = np.empty(len(y))
-        for fit_rows, held_out in folds.split(inputs, y):
-            model = self._classifier().fit(inputs[fit_rows], y[fit_rows])
-            out_of_fold[held_out] = model.predict_proba(inputs[held_out])[:, 1]
+        for (_, held_out), (_, predicted) in zip(folds, results, strict=False):
+            out_of_fold[held_out] = predicted
         self.threshold_, self.validation_precision_, self.validation_recall_ = _threshold_for_recall(
             y, out_of_fold, self.target_recall
         )
         medium, _, _ = _threshold_for_recall(y, out_of_fold, self.medium_recall)
         self.medium_threshold_ = min(medium, self.threshold_)
-        self.classifier_ = self._classifier().fit(inputs, y)
+        self.classifier_ = results[-1][0]
 
     def _classifier(self) -> HistGradientBoostingClassifier:
         """Small boosted classifier; log loss keeps its probabilities roughly calibrated."""
@@ -614,6 +645,32 @@ class AnomalyDetector(_Persistent):
         return FastIsolationForest(self.isolation_), FastClassifier(classifier) if classifier is not None else None
 
 
+def _fit_predict(
+    make: Callable[[], Any], x: np.ndarray, y: np.ndarray, fit_rows: np.ndarray, predict_rows: np.ndarray
+) -> tuple[Any, np.ndarray]:
+    """A new model fitted on `fit_rows` and its predictions (class-1 probability for classifiers) on `predict_rows`."""
+    model = make().fit(x[fit_rows], y[fit_rows])
+    if not len(predict_rows):
+        return model, np.empty(0)
+    if hasattr(model, "predict_proba"):
+        return model, model.predict_proba(x[predict_rows])[:, 1]
+    return model, model.predict(x[predict_rows])
+
+
+def _in_parallel(tasks: Sequence[Callable[[], T]], n_jobs: int) -> list[T]:
+    """Results of independent tasks in order, `n_jobs` at a time in threads (the same numbers as in turn)."""
+    if n_jobs <= 1 or len(tasks) <= 1:
+        return [task() for task in tasks]
+    with ThreadPoolExecutor(min(n_jobs, len(tasks))) as pool:
+        return list(pool.map(_single_threaded, tasks))
+
+
+def _single_threaded(task: Callable[[], T]) -> T:
+    """Run a task with one OpenMP thread: a new thread would start with one per core and oversubscribe."""
+    with threadpool_limits(limits=1, user_api="openmp"):
+        return task()
+
+
 def _local_hour(entry_time: datetime | None, timezone: str) -> float:
     """Store-local hour of day with minutes as a fraction; NaN when the entry time is unknown."""
     if entry_time is None or pd.isna(entry_time):
@@ -623,47 +680,74 @@ def _local_hour(entry_time: datetime | None, timezone: str) -> float:
     return entry_time.hour + entry_time.minute / 60.0
 
 
-def _feature_rows(
-    log_y: np.ndarray, log_grid: np.ndarray, evidence: Sequence[Evidence], hours: np.ndarray
+def _local_hours(entry_times: pd.Series, timezone: str) -> np.ndarray:
+    """_local_hour of many entry times at once (the same numbers)."""
+    times = pd.to_datetime(entry_times)
+    if times.dt.tz is not None:
+        times = times.dt.tz_convert(timezone)
+    return times.dt.hour.to_numpy(dtype=float) + times.dt.minute.to_numpy(dtype=float) / 60.0
+
+
+def _evidence_columns(evidence: Evidence) -> tuple[float, ...]:
+    """The evidence block of DETECTOR_FEATURES (n_missing to missing_rank) of one session."""
+    value = evidence.missing_value
+    taken_in = evidence.taken_in_value
+    return (
+        len(evidence.missing),
+        len(evidence.unexpected),
+        len(evidence.swaps),
+        value,
+        value / taken_in if taken_in > 0 else 0.0,
+        evidence.swap_value,
+        len(evidence.taken_in_prices),
+        evidence.dearest_missing_rank,
+    )
+
+
+def _evidence_block(
+    entry_scans: Sequence[Sequence[str]], exit_scans: Sequence[Sequence[str]], catalog: Catalog
 ) -> np.ndarray:
-    """DETECTOR_FEATURES for sessions given log minutes, log quantile grids, their evidence and entry hours."""
+    """_evidence_columns of many sessions (n x 8); only sessions with evidence pay for collect_evidence."""
+    # Without missing or unexpected items, a session's columns are those of empty evidence but its item count.
+    block = np.tile(np.array(_evidence_columns(Evidence((), (), ())), dtype=float), (len(entry_scans), 1))
+    block[:, _N_ITEMS - _N_MISSING] = np.fromiter(map(len, entry_scans), dtype=float, count=len(entry_scans))
+    for i in np.flatnonzero(sessions_with_evidence(entry_scans, exit_scans)).tolist():
+        block[i] = _evidence_columns(collect_evidence(entry_scans[i], exit_scans[i], catalog))
+    return block
+
+
+def _feature_rows(log_y: np.ndarray, log_grid: np.ndarray, evidence: np.ndarray, hours: np.ndarray) -> np.ndarray:
+    """DETECTOR_FEATURES given log minutes, log quantile grids, evidence blocks (_evidence_columns) and entry hours."""
     z = _z_from_grid(log_y, log_grid)
     lower, median, upper = (QUANTILE_LEVELS.index(p) for p in (0.25, 0.5, 0.75))
     spread = np.maximum(log_grid[:, upper] - log_grid[:, lower], 1e-9) / _IQR_Z
     z_robust = np.clip((log_y - log_grid[:, median]) / spread, -_Z_CLIP, _Z_CLIP)
-    rows = np.empty((len(evidence), len(DETECTOR_FEATURES)))
-    for i, ev in enumerate(evidence):
-        value = ev.missing_value
-        taken_in = ev.taken_in_value
-        rows[i] = (
-            z[i],
-            z_robust[i],
-            len(ev.missing),
-            len(ev.unexpected),
-            len(ev.swaps),
-            value,
-            value / taken_in if taken_in > 0 else 0.0,
-            ev.swap_value,
-            len(ev.taken_in_prices),
-            ev.dearest_missing_rank,
-            hours[i],
-        )
+    rows = np.empty((len(log_y), len(DETECTOR_FEATURES)))
+    rows[:, _Z] = z
+    rows[:, _Z_ROBUST] = z_robust
+    rows[:, _N_MISSING:_HOUR] = evidence
+    rows[:, _HOUR] = hours
     return rows
 
 
-def _pattern(row: np.ndarray) -> tuple[int, int, int]:
-    """Evidence pattern of a feature row: missing (0, 1, 2+), unexpected (0, 1, 2+), swap (0, 1)."""
-    return (int(min(row[_N_MISSING], 2)), int(min(row[_N_UNEXPECTED], 2)), int(row[_N_SWAPS] > 0))
+# Evidence patterns: missing (0, 1, 2+), unexpected (0, 1, 2+), swap (0, 1); _pattern_codes indexes this list.
+_PATTERNS: tuple[tuple[int, int, int], ...] = tuple((m, u, s) for m in range(3) for u in range(3) for s in range(2))
+
+
+def _pattern_codes(features: np.ndarray) -> np.ndarray:
+    """Index into _PATTERNS of each feature row's evidence pattern."""
+    missing = np.minimum(features[:, _N_MISSING], 2).astype(np.int64)
+    unexpected = np.minimum(features[:, _N_UNEXPECTED], 2).astype(np.int64)
+    return missing * 6 + unexpected * 2 + (features[:, _N_SWAPS] > 0)
 
 
 def _pattern_shares(features: np.ndarray) -> dict[Any, float]:
     """Share of sessions with each evidence pattern (no evidence counts as 1: not surprising)."""
-    counts: dict[Any, float] = {}
-    for row in features:
-        key = _pattern(row)
-        counts[key] = counts.get(key, 0.0) + 1.0
+    counts = np.bincount(_pattern_codes(features), minlength=len(_PATTERNS))
     n = float(len(features))
-    shares: dict[Any, float] = {key: (count + 1.0) / (n + 1.0) for key, count in counts.items()}
+    shares: dict[Any, float] = {
+        _PATTERNS[code]: (float(counts[code]) + 1.0) / (n + 1.0) for code in np.flatnonzero(counts)
+    }
     shares[(0, 0, 0)] = 1.0
     shares["n"] = n
     return shares

@@ -77,6 +77,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--threads", type=int, default=1, help="OpenMP threads (1 avoids oversubscribing a shared machine)"
     )
     parser.add_argument(
+        "--jobs",
+        type=int,
+        default=len(os.sched_getaffinity(0)),
+        help="independent fits run at once, one thread each; results do not depend on it (default: usable cores)",
+    )
+    parser.add_argument(
         "--include-store-history",
         action="store_true",
         help="also train on the state store's finished sessions (staff alert verdicts as labels)",
@@ -171,19 +177,33 @@ def _train(
             "test": len(test_part),
         },
         "duration": evaluate_duration(predictor, test_part, catalog)
-        | {"baselines": duration_baselines(train_part, test_part, catalog, args.seed)},
+        | {"baselines": duration_baselines(train_part, test_part, catalog, args.seed, args.jobs)},
         "anomaly": {},
     }
     step("feature importance")
     metrics["duration"]["feature_importance"] = duration_importances(predictor, test_part, catalog, args.seed)
     curves: dict[str, AnomalyCurve] = {}
+    # Session features depend on the duration model only: both detectors share them.
+    train_features = AnomalyDetector.session_features(train_part, catalog, predictor)
+    test_features = AnomalyDetector.session_features(test_part, catalog, predictor)
     for name, use_labels in (("with_labels", True), ("without_labels", False)):
         if use_labels and not has_labels(train_part):
             continue
         step(f"anomaly detector ({name.replace('_', ' ')})")
-        detector = AnomalyDetector(random_state=args.seed, use_labels=use_labels).fit(train_part, catalog, predictor)
-        metrics["anomaly"][name] = evaluate_anomaly(detector, predictor, train_part, test_part, catalog, args.seed)
-        scored = anomaly_scores(detector, predictor, test_part, catalog)
+        detector = AnomalyDetector(random_state=args.seed, use_labels=use_labels, n_jobs=args.jobs).fit(
+            train_part, catalog, predictor, train_features
+        )
+        metrics["anomaly"][name] = evaluate_anomaly(
+            detector,
+            predictor,
+            train_part,
+            test_part,
+            catalog,
+            args.seed,
+            train_features=train_features,
+            test_features=test_features,
+        )
+        scored = anomaly_scores(detector, predictor, test_part, catalog, test_features)
         if scored is not None:
             curves[name] = AnomalyCurve(scored.y, scored.score, scored.threshold)
     if truth is not None:
@@ -194,7 +214,7 @@ def _train(
     step("final duration model (all sessions)")
     final_predictor = _predictor(args).fit(sessions, catalog)
     step("final anomaly detector (all sessions)")
-    final_detector = AnomalyDetector(random_state=args.seed).fit(sessions, catalog, final_predictor)
+    final_detector = AnomalyDetector(random_state=args.seed, n_jobs=args.jobs).fit(sessions, catalog, final_predictor)
     metrics["saved_models"] = {
         "fitted_on_sessions": len(sessions),
         "duration_boosting_rounds": final_predictor.n_iter_,
@@ -247,7 +267,7 @@ def _headline(metrics: dict[str, Any]) -> dict[str, Any]:
 
 def _predictor(args: argparse.Namespace) -> DurationPredictor:
     """Duration model with the CLI's settings."""
-    return DurationPredictor(timezone=args.timezone, random_state=args.seed)
+    return DurationPredictor(timezone=args.timezone, random_state=args.seed, n_jobs=args.jobs)
 
 
 def _split(sessions: pd.DataFrame, test_fraction: float, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:

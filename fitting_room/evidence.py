@@ -12,6 +12,9 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import chain
+
+import numpy as np
 
 from fitting_room.catalog import Catalog, normalize_item_id
 
@@ -107,6 +110,27 @@ def collect_evidence(entry_scans: Sequence[str], exit_scans: Sequence[str], cata
         swaps=_match_swaps(missing, unexpected),
         taken_in_prices=tuple(_describe(raw, catalog).price for raw in entry_scans),
     )
+
+
+def sessions_with_evidence(entry_scans: Sequence[Sequence[str]], exit_scans: Sequence[Sequence[str]]) -> np.ndarray:
+    """Per session, whether collect_evidence would find any missing or unexpected item (vectorised)."""
+    n = len(entry_scans)
+    entry_len = np.fromiter(map(len, entry_scans), dtype=np.int64, count=n)
+    exit_len = np.fromiter(map(len, exit_scans), dtype=np.int64, count=n)
+    differs = entry_len != exit_len
+    # Same length: the multisets are equal exactly when the sorted matching keys agree.
+    same = np.flatnonzero(~differs)
+    entry_flat = list(chain.from_iterable(entry_scans[i] for i in same.tolist()))
+    exit_flat = list(chain.from_iterable(exit_scans[i] for i in same.tolist()))
+    codes: dict[str, int] = {}
+    code_of = {raw: codes.setdefault(normalize_item_id(raw), len(codes)) for raw in {*entry_flat, *exit_flat}}
+    # Sort keys session-major (rank * width + id code), so each session is one aligned block in both arrays.
+    width = max(len(codes), 1)
+    rank = np.repeat(np.arange(len(same), dtype=np.int64), entry_len[same]) * width
+    entry_keys = np.sort(rank + np.fromiter(map(code_of.__getitem__, entry_flat), np.int64, len(entry_flat)))
+    exit_keys = np.sort(rank + np.fromiter(map(code_of.__getitem__, exit_flat), np.int64, len(exit_flat)))
+    differs[same[entry_keys[entry_keys != exit_keys] // width]] = True
+    return differs
 
 
 def evidence_reasons(evidence: Evidence, currency: str = "€") -> list[Reason]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
@@ -224,7 +225,8 @@ def _parse_scans(text: str) -> list[str]:
     for element in value:
         if not isinstance(element, str) or not element.strip():
             raise ValueError(f"item id {element!r} in {_short(text)} is not a non-empty string")
-    return value
+    # A store has few distinct ids but millions of scans: one shared string per id saves most of the memory.
+    return [sys.intern(element) for element in value]
 
 
 def _parse_label(text: str) -> bool:

@@ -1,7 +1,9 @@
 """Hard evidence rules and the reasons a floor manager reads."""
 
+import random
+
 from fitting_room.catalog import Catalog
-from fitting_room.evidence import Reason, collect_evidence, evidence_reasons
+from fitting_room.evidence import Reason, collect_evidence, evidence_reasons, sessions_with_evidence
 
 CATALOG = Catalog.from_mapping(
     {
@@ -78,3 +80,42 @@ def test_swap_pairs_are_one_to_one() -> None:
     pairs = {(s.unexpected.item_id, s.missing.item_id) for s in evidence.swaps}
     assert pairs == {("Dress-S", "Dress-XL"), ("Tee/2", "Tee/1")}
     assert [r.code for r in evidence_reasons(evidence)] == ["tag_swap", "tag_swap", "unexpected_items"]
+
+
+CATALOG_IDS = [item.item_id for item in CATALOG]
+
+
+def _random_scans(rng: random.Random) -> tuple[list[str], list[str]]:
+    """Entry and exit scans with duplicates, unknown ids, spelling variants, drops, additions and swaps."""
+    pool = [*CATALOG_IDS, "ghost-1", "Ghost-1 ", "zz"]
+    entry = [rng.choice(pool) for _ in range(rng.randint(0, 6))]
+    exit_ = [rng.choice((raw, f"  {raw.upper()} ", raw.lower())) for raw in entry]
+    rng.shuffle(exit_)
+    if exit_ and rng.random() < 0.3:
+        del exit_[rng.randrange(len(exit_))]
+    if rng.random() < 0.2:
+        exit_.append(rng.choice(pool))
+    if exit_ and rng.random() < 0.2:
+        exit_[rng.randrange(len(exit_))] = rng.choice(pool)
+    return entry, exit_
+
+
+def test_sessions_with_evidence_matches_collect_evidence() -> None:
+    rng = random.Random(3)
+    pairs = [_random_scans(rng) for _ in range(3000)]
+    pairs += [
+        ([], []),
+        ([], ["Cap"]),
+        (["Cap"], []),
+        (["Cap", "cap"], ["CAP ", " cap"]),
+        (["Cap", "Cap"], ["Cap", "Tee/1"]),
+    ]
+    entries, exits = [e for e, _ in pairs], [x for _, x in pairs]
+    mask = sessions_with_evidence(entries, exits)
+    expected = [collect_evidence(e, x, CATALOG).has_evidence for e, x in pairs]
+    assert mask.tolist() == expected
+    assert 0 < sum(expected) < len(pairs)  # both kinds are exercised
+
+
+def test_sessions_with_evidence_of_no_sessions() -> None:
+    assert sessions_with_evidence([], []).tolist() == []

@@ -14,7 +14,19 @@ from threadpoolctl import threadpool_limits
 
 from fitting_room.catalog import Catalog
 from fitting_room.errors import InvalidRequestError, ModelLoadError
-from models import DETECTOR_FEATURES, QUANTILE_LEVELS, AnomalyDetector, DurationEstimate, DurationPredictor
+from fitting_room.evidence import collect_evidence
+from models import (
+    DETECTOR_FEATURES,
+    QUANTILE_LEVELS,
+    AnomalyDetector,
+    DurationEstimate,
+    DurationPredictor,
+    _evidence_columns,
+    _feature_rows,
+    _local_hour,
+    _local_hours,
+    _pattern_shares,
+)
 from tests.factories import load_synthetic
 
 N_TEST = 2000
@@ -246,3 +258,63 @@ def test_entry_hour_reaches_the_classifier_the_same_way_from_history_and_analyse
         as_utc = row["entry_time"].to_pydatetime().astimezone(UTC)
         assert detector.analyse(**kwargs, entry_time=as_utc).anomaly_score == pytest.approx(score, abs=1e-6)
         assert 0.0 <= detector.analyse(**kwargs).anomaly_score <= 1.0  # the hour is optional
+
+
+def test_session_features_equal_the_per_session_definitions(anomalous: tuple) -> None:
+    predictor, sessions, _, catalog = anomalous
+    some = sessions.iloc[2400:2700].copy()
+    swapped = some["entry_scans"].iloc[2]
+    dear = catalog.lookup(swapped[0])
+    assert dear is not None
+    cheapest = min((i for i in catalog if i.category == dear.category), key=lambda i: i.price)
+    edge_cases = [
+        ([], []),  # empty scans
+        ([], ["unknown-1"]),
+        (["unknown-1", " UNKNOWN-1"], ["unknown-1"]),  # an unknown id, twice in two spellings
+        (some["entry_scans"].iloc[0] * 2, [f" {i.upper()} " for i in some["entry_scans"].iloc[0]]),  # duplicates
+        (some["entry_scans"].iloc[1], list(reversed(some["entry_scans"].iloc[1]))),  # order only
+        (swapped, [cheapest.item_id.lower(), *swapped[1:]]),  # a cheaper tag of the same category
+    ]
+    for row, (entry, exit_) in enumerate(edge_cases):
+        some.iat[row, some.columns.get_loc("entry_scans")] = entry
+        some.iat[row, some.columns.get_loc("exit_scans")] = exit_
+    features = AnomalyDetector.session_features(some, catalog, predictor)
+    log_y, log_grid = predictor.history_log_grids(some, catalog)
+    pairs = zip(some["entry_scans"], some["exit_scans"], strict=True)
+    evidence = np.array([_evidence_columns(collect_evidence(entry, exit_, catalog)) for entry, exit_ in pairs])
+    hours = np.array([_local_hour(t, predictor.timezone) for t in some["entry_time"]])
+    expected = _feature_rows(log_y, log_grid, evidence, hours)
+    np.testing.assert_array_equal(features, expected)
+    assert (features[:, DETECTOR_FEATURES.index("n_missing")] > 0).sum() >= 5
+    assert features[5, DETECTOR_FEATURES.index("n_swaps")] == (cheapest.price < dear.price)
+
+
+def test_pattern_shares_count_each_evidence_pattern(anomalous: tuple) -> None:
+    predictor, sessions, _, catalog = anomalous
+    features = AnomalyDetector.session_features(sessions.iloc[:2500], catalog, predictor)
+    patterns = [
+        (int(min(row[2], 2)), int(min(row[3], 2)), int(row[4] > 0)) for row in features
+    ]  # n_missing, n_unexpected, n_swaps
+    counts = {key: patterns.count(key) for key in set(patterns)}
+    expected = {key: (count + 1.0) / (len(features) + 1.0) for key, count in counts.items()}
+    assert _pattern_shares(features) == expected | {(0, 0, 0): 1.0, "n": float(len(features))}
+
+
+def test_parallel_fits_give_the_same_models(anomalous: tuple) -> None:
+    _, sessions, _, catalog = anomalous
+    history = sessions.iloc[:1500]
+    one, two = (DurationPredictor(cv_folds=3, max_iter=60, n_jobs=n).fit(history, catalog) for n in (1, 2))
+    np.testing.assert_array_equal(one.residuals_, two.residuals_)
+    assert one.out_of_fold_ == two.out_of_fold_
+    detectors = [AnomalyDetector(cv_folds=3, n_jobs=n).fit(history, catalog, one) for n in (1, 2)]
+    assert detectors[0].supervised_ and detectors[0].threshold_ == detectors[1].threshold_
+    features = detectors[0].session_features(sessions.iloc[1500:1700], catalog, one)
+    np.testing.assert_array_equal(detectors[0].score(features), detectors[1].score(features))
+
+
+def test_local_hours_equal_local_hour_including_unknown_times() -> None:
+    # Around both DST switches, an unknown time, and late evening.
+    stamps = ["2024-03-31 00:59:00+00:00", "NaT", "2024-10-27 01:30:00+00:00", "2024-06-01 23:45:00+00:00"]
+    times = pd.Series(pd.to_datetime(stamps))
+    expected = [_local_hour(t, "Europe/Berlin") for t in times]
+    np.testing.assert_array_equal(_local_hours(times, "Europe/Berlin"), np.array(expected))
