@@ -93,6 +93,13 @@ def update_readme(section: str, text: str, readme: Path = REPO / "README.md") ->
     return True
 
 
+def publish(out_dir: Path, name: str, text: str) -> None:
+    """Print the figures, write them to `<out_dir>/<name>.md` and replace the README's `bench:<name>` block."""
+    print(text)
+    write_result(out_dir, f"{name}.md", text)
+    update_readme(name, text)
+
+
 def store_parser(doc: str | None) -> argparse.ArgumentParser:
     """A parser with the options every benchmark over a trained store takes: --data-dir, --model-dir, --out."""
     parser = argparse.ArgumentParser(description=(doc or "").split("\n\n")[0])

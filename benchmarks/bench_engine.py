@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks._common import RESULTS, fmt_us, machine_line, markdown_table, update_readme, write_result
+from benchmarks._common import RESULTS, fmt_us, machine_line, markdown_table, publish
 from fitting_room import engine
 from fitting_room.catalog import Catalog
 from fitting_room.engine import Floor, Prediction, Room, RoomSpec, Rules, Session, SessionStatus
@@ -362,9 +362,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         parts += [table("Service on SQLite (stand-in models)", on_sqlite, SERVICE_PLAN, sizes), ""]
     text = "\n".join([*parts, f"`make bench-engine` on {machine_line()}."])
-    print(text)
-    write_result(args.out, "engine.md", text)
-    update_readme("engine", text)
+    publish(args.out, "engine", text)
     return 0
 
 

@@ -41,9 +41,8 @@ from benchmarks._common import (
     load_average,
     machine_line,
     markdown_table,
+    publish,
     store_parser,
-    update_readme,
-    write_result,
 )
 
 CONNECTIONS = 16
@@ -389,9 +388,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="bench-http-") as work:
         runs, loads = measure(args, Path(work))
     text = report(runs, loads, args)
-    print(text)
-    write_result(args.out, "http.md", text)
-    update_readme("http", text)
+    publish(args.out, "http", text)
     return 0
 
 

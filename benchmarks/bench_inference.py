@@ -29,10 +29,9 @@ from benchmarks._common import (
     fmt_us,
     machine_line,
     markdown_table,
+    publish,
     store_parser,
     time_calls,
-    update_readme,
-    write_result,
 )
 from fitting_room.fastpath import FastClassifier, FastIsolationForest, FastRegressor, FastRegressors
 from fitting_room.history import load_history
@@ -229,9 +228,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark, print the report and write it out."""
     args = parse_args(argv)
     report = run(args)
-    print(report)
-    write_result(args.out, "inference.md", report)
-    update_readme("inference", report)
+    publish(args.out, "inference", report)
     return 0
 
 

@@ -47,9 +47,8 @@ from benchmarks._common import (
     load_average,
     machine_line,
     markdown_table,
+    publish,
     store_parser,
-    update_readme,
-    write_result,
 )
 from benchmarks.bench_http import call, server
 from tests.pg_cluster import PostgresCluster, find_bindir
@@ -528,9 +527,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="bench-replicas-") as work:
         runs = measure(args, Path(work))
     text = report(runs, args, find_bindir().parent.name)
-    print(text)
-    write_result(args.out, "replicas.md", text)
-    update_readme("replicas", text)
+    publish(args.out, "replicas", text)
     return 0
 
 
