@@ -25,18 +25,14 @@ from pathlib import Path
 from fitting_room.engine import Rules
 from fitting_room.planning import plot_plan
 from fitting_room.replay import (
-    Estimate,
     Scenario,
     StoreData,
-    headline_figures,
     load_store,
-    percent_change,
-    plan_report,
     plan_rooms,
-    policy_report,
     run_policies,
     uniform_rooms,
 )
+from fitting_room.replay_stats import Estimate, headline_figures, percent_change, plan_report, policy_report
 from fitting_room.settings import Policy
 
 RESULTS = Path(__file__).resolve().parent / "results"

@@ -28,9 +28,9 @@ from fitting_room.replay import (
     poisson_arrivals,
     replay_day,
     run_replications,
-    summarise_waits,
     uniform_rooms,
 )
+from fitting_room.replay_stats import summarise_waits
 from fitting_room.settings import Policy, Settings
 from tests.conftest import Artifacts
 from tests.fakes import FakePredictor
