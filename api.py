@@ -208,16 +208,17 @@ def model_dir_for(settings: Settings, store_id: str) -> Path:
 
 def load_all_models(state: AppState) -> None:
     """Load verified models for every store (once when they are shared); a failure is kept and reported."""
-    loaded: dict[Path, ModelStatus] = {}
+    # The first store using a model folder loads it; the others share what it loaded.
+    owners: dict[Path, StoreContext] = {}
     for ctx in state.stores.values():
         folder = model_dir_for(state.settings, ctx.store_id)
-        if folder not in loaded:
-            loaded[folder] = swap_models(ctx.service, folder)
+        owner = owners.setdefault(folder, ctx)
+        if owner is ctx:
+            ctx.models = swap_models(ctx.service, folder)
         else:
-            shared = next(c for c in state.stores.values() if model_dir_for(state.settings, c.store_id) == folder)
-            ctx.service.predictor, ctx.service.detector = shared.service.predictor, shared.service.detector
-        ctx.models = loaded[folder]
-    versions = {pair for status in loaded.values() for pair in status.versions()}
+            ctx.service.predictor, ctx.service.detector = owner.service.predictor, owner.service.detector
+            ctx.models = owner.models
+    versions = {pair for owner in owners.values() for pair in owner.models.versions()}
     state.metrics.set_models(sorted(versions))
 
 

@@ -526,9 +526,10 @@ class Transaction:
         return version
 
     def _bump_version(self) -> None:
-        if self.version is None:
-            self.lock_store()
-        assert self.version is not None
+        """Mark the floor changed: this transaction commits the next version (once, however many changes)."""
+        if self.new_version is not None:
+            return
+        assert self.version is not None, "write transactions lock the store first"
         self.new_version = self.version + 1
         self.conn.execute(
             update(store_state).where(store_state.c.store_id == self.store_id).values(floor_version=self.new_version)
@@ -550,8 +551,7 @@ class Transaction:
                 self.conn.execute(insert(rooms_table).values(store_id=self.store_id, room_id=spec.room_id, **values))
         # The floor object (if one was read) no longer matches the rows: the next load_floor reads them afresh.
         self.floor = None
-        if self.new_version is None:
-            self._bump_version()
+        self._bump_version()
         kept = []
         for room_id, row in existing.items():
             if room_id in wanted:
@@ -593,8 +593,7 @@ class Transaction:
     def save(self, floor: Floor, changes: Changes, ended: Iterable[Session] = ()) -> None:
         """Write the rows an engine operation touched (`ended` holds sessions that left the floor)."""
         self.floor = floor
-        if self.new_version is None:
-            self._bump_version()
+        self._bump_version()
         by_id = {s.session_id: s for s in ended} | floor.active
         known = self._existing_session_ids(changes.sessions)
         # Sessions leaving a room are written before those entering one: the unique index sees no overlap.
