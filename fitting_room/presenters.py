@@ -92,7 +92,8 @@ def exit_response(result: ExitResult) -> DetectAnomalyResponse:
         room_released=result.room_released,
         next_assignment=next_ref,
         alert_id=result.alert_id,
-        **anomaly_body(result.anomaly).model_dump(),
+        # The verdict's fields as built (nested models included), not dumped and validated a second time.
+        **dict(anomaly_body(result.anomaly)),
     )
 
 

@@ -320,7 +320,7 @@ class FittingRoomService:
         """The analysis of a session this store never saw (no state change); None when the store knows it."""
         with self.store.floor(wait) as snapshot:
             room_exists = report.room_id in snapshot.floor.rooms
-            known = report.session_id in snapshot.floor.active or snapshot.tx.session_exists(report.session_id)
+            known = report.session_id in snapshot.floor.active or self.store.session_exists(report.session_id)
         if not room_exists:
             raise NotFoundError(f"unknown room {report.room_id!r}")
         return None if known else self._analyse_unknown(report, now)

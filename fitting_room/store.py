@@ -45,6 +45,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.types import TypeDecorator
 
+from fitting_room.change_probe import ChangeProbe
 from fitting_room.engine import (
     ACTIVE,
     Changes,
@@ -256,6 +257,8 @@ class Database:
         self._locks_guard = threading.Lock()
         self.bell = Doorbell()
         self._listener: PostgresListener | None = None
+        self._probe: ChangeProbe | None = None
+        self._probe_guard = threading.Lock()
 
     @property
     def is_postgresql(self) -> bool:
@@ -271,6 +274,15 @@ class Database:
     def store(self, store_id: str = DEFAULT_STORE) -> Store:
         """The view of one store's rows."""
         return Store(self, store_id)
+
+    @property
+    def probe(self) -> ChangeProbe | None:
+        """The SQLite file's change probe, opened on first use; None on other databases."""
+        if self._probe is None and ChangeProbe.supports(self.engine):
+            with self._probe_guard:
+                if self._probe is None:
+                    self._probe = ChangeProbe(self.engine)
+        return self._probe
 
     def floor_lock(self, store_id: str) -> threading.RLock:
         """This process's lock over `store_id`'s writers and its in-memory floor."""
@@ -288,6 +300,9 @@ class Database:
         if self._listener is not None:
             self._listener.stop()
             self._listener = None
+        if self._probe is not None:
+            self._probe.close()
+            self._probe = None
         self.engine.dispose()
 
 
@@ -302,6 +317,9 @@ class Store:
         # because writers change that floor in place.
         self._lock = self.database.floor_lock(store_id)
         self._cache = FloorCache()
+        # (data_version, floor_version) when a read last found the cached floor current: while the probe still
+        # shows that data_version and the cache still holds that floor_version, nothing has changed since.
+        self._verified: tuple[int, int] | None = None
         self._current: ContextVar[Transaction | None] = ContextVar(f"store-tx-{id(self)}", default=None)
 
     def create_schema(self) -> None:
@@ -370,11 +388,30 @@ class Store:
         if not self._lock.acquire(blocking=wait):
             raise StoreBusyError(self.store_id)
         try:
+            probe = self.database.probe if self._current.get() is None else None
+            seen = probe.data_version() if probe is not None else None
+            verified = self._verified
+            cached = self._cache.get(verified[1]) if verified is not None and verified[0] == seen else None
+            if cached is not None and verified is not None:
+                yield FloorSnapshot(cached, verified[1])
+                return
             with self.read(cache=self._cache) as tx:
                 floor = tx.load_floor()
-                yield FloorSnapshot(floor, tx.floor_version, tx)
+                version = tx.floor_version
+            # `seen` was taken before the read, so a commit racing with it changes the next probe's answer.
+            self._verified = (seen, version) if seen is not None and self._cache.get(version) is floor else None
+            yield FloorSnapshot(floor, version)
         finally:
             self._lock.release()
+
+    def session_exists(self, session_id: str) -> bool:
+        """True when the store has ever seen this session id (as of the latest commit)."""
+        params = {"store_id": self.store_id, "session_id": session_id}
+        probe = self.database.probe if self._current.get() is None else None
+        if probe is not None:
+            return probe.first(SESSION_EXISTS, params) is not None
+        with self.read() as tx:
+            return tx.session_exists(session_id)
 
     @contextmanager
     def read(self, cache: FloorCache | None = None) -> Iterator[Transaction]:
@@ -430,11 +467,10 @@ class StoreBusyError(Exception):
 
 @dataclass(frozen=True)
 class FloorSnapshot:
-    """The floor at one version, with the read transaction it came from (for anything else to look up)."""
+    """The floor at one committed version (read it inside the block that yielded it; never change it)."""
 
     floor: Floor
     version: int
-    tx: Transaction
 
 
 # The statements every request runs, built once (bound parameters, so SQLAlchemy reuses their compiled form).
