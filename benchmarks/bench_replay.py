@@ -5,7 +5,8 @@
 Targets, at 3 identical rooms, 85% offered load, Poisson arrivals flat over the day, 20 replications, on the
 simulator's default store and on the boutique store, with the duration model trained on each store's history:
 FIFO wait-estimate RMSE at most half the QL predictor's, the 80% `wait_interval` holding the realised wait for
-75-85% of queued customers, and express cutting the mean wait by at least 20% with p99 at most 1.5x FIFO's.
+75-85% of queued customers (under FIFO and under express, whose projection expects the customers still to come),
+and express cutting the mean wait by at least 20% with p99 at most 1.5x FIFO's.
 The same projection with the simulator's true distributions (`oracle`) shows how much of the remaining error
 is the model's. Planning replays the busiest day of the default store's history on 3 to 10 rooms.
 
@@ -55,6 +56,8 @@ def headline(figures: Mapping[str, Mapping[str, Estimate]]) -> list[str]:
     rows: list[tuple[str, str, Callable[[Estimate], str]]] = [
         ("FIFO wait-estimate RMSE / QL's (target ≤ 0.5)", "rmse_ratio", str),
         ("`wait_interval` 80% coverage (target 0.75-0.85)", "coverage", str),
+        ("express `wait_interval` 80% coverage (target 0.75-0.85)", "express_coverage", str),
+        ("express wait-estimate RMSE / QL's (no target)", "express_rmse_ratio", str),
         ("express mean wait vs FIFO (target ≤ -20%)", "express_mean", percent_change),
         ("express p99 / FIFO p99 (target ≤ 1.5)", "express_p99", str),
     ]

@@ -10,14 +10,25 @@ The draws come from a fixed seed, so the same floor at the same moment always gi
 Distributions are the 99-point quantile grids of the predictions, interpolated on the normal-score scale in
 log minutes and extended beyond the first and last grid points along the slope of the outer grid points
 (a lognormal tail), so conditioning on a long elapsed time still leaves a sensible remaining time.
+
+Future arrivals (express only). Under express a customer who arrives later with a shorter predicted session is
+served first, so the line as it stands understates the wait of anyone who can be overtaken. Given an
+`ArrivalForecast` (estimated by `forecast_arrivals` from the store's recent arrivals, never from the clock or a
+simulator's truth), each projection also draws a Poisson stream of future customers: the rate from the recent
+arrivals (drawn per projection from its gamma posterior, so the interval carries the rate's own uncertainty),
+each newcomer's needs and duration distribution resampled from recent customers' predictions. Newcomers join
+the line when they arrive, take a free room that fits them at once (as `engine.admit` does), earn passes and
+become due under the aging cap like everyone else. Under FIFO nobody who arrives later is ever served before a
+customer already waiting (a room that fits no one waiting is the only one a newcomer can take, and it can never
+become one that does), so FIFO projections ignore the forecast and are exactly the line's.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass
-from datetime import datetime
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
 
 import numpy as np
 import numpy.typing as npt
@@ -29,10 +40,14 @@ from fitting_room.engine import (
     Rules,
     Session,
     aging_due,
+    expected_duration,
+    expected_remaining,
     fits,
+    list_schedule,
     minutes_between,
     promotion_order,
 )
+from fitting_room.settings import Policy
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -49,6 +64,17 @@ _TAIL_POINTS = 4
 _BLOCK = 1024
 # Above this many rooms the earliest-free room comes from a tournament tree instead of a scan.
 _TREE_ROOMS = 32
+# The arrival rate is measured over the last hour: the store's traffic changes by the hour (the simulator's
+# and most shops' hourly profiles), so a longer window lags the afternoon rush and a shorter one is noise.
+RATE_WINDOW = timedelta(hours=1)
+# Future customers' needs and durations are resampled from this many most recent customers: the basket mix
+# drifts slowly, so a hundred customers describe it better than the dozen of the rate window.
+MIX_SIZE = 100
+# Future arrivals are drawn in blocks of at least this many per projection, more for the draws that run out of
+# them before everyone now waiting is seated. The cost grows with the square of line plus newcomers, so a draw
+# stops at _MAX_ARRIVALS newcomers: beyond, the last of a very long line would not see later ones overtake.
+_MIN_ARRIVALS = 8
+_MAX_ARRIVALS = 1024
 
 
 @dataclass(frozen=True)
@@ -67,6 +93,75 @@ class Projection:
     waits: dict[str, float]
     intervals: dict[str, WaitInterval]
     room_free_in: dict[str, float]
+
+
+@dataclass(frozen=True)
+class PastArrival:
+    """A customer who arrived at the kiosk: when, what they needed and the duration predicted for them."""
+
+    arrived_at: datetime
+    item_count: int
+    needs_accessible: bool
+    median: float
+    quantiles: tuple[float, ...]
+
+    @classmethod
+    def of(cls, session: Session) -> PastArrival:
+        """The arrival record of a session (waiting, seated, completed or cancelled alike)."""
+        return cls(
+            arrived_at=session.arrived_at,
+            item_count=session.item_count,
+            needs_accessible=session.needs_accessible,
+            median=session.prediction.median,
+            quantiles=tuple(session.prediction.quantiles),
+        )
+
+    def _order(self) -> tuple[datetime, float, int, bool, tuple[float, ...]]:
+        # A total order on what was observed (never on session ids, which differ between replays of one day).
+        return (self.arrived_at, self.median, self.item_count, self.needs_accessible, self.quantiles)
+
+
+@dataclass(frozen=True)
+class ArrivalForecast:
+    """Who is expected to arrive: a Poisson rate known as `events` arrivals in `exposure` minutes, and a mix.
+
+    The rate's posterior is gamma(events, exposure), mean `rate`; newcomers are drawn from `mix` with replacement.
+    """
+
+    events: int
+    exposure: float
+    mix: tuple[PastArrival, ...]
+
+    @property
+    def rate(self) -> float:
+        """Expected arrivals per minute."""
+        return self.events / self.exposure
+
+
+def forecast_arrivals(
+    history: Iterable[PastArrival],
+    now: datetime,
+    window: timedelta = RATE_WINDOW,
+    mix_size: int = MIX_SIZE,
+) -> ArrivalForecast | None:
+    """The arrival process as of `now` from the store's past arrivals; None when they cannot tell (fresh store).
+
+    Rate: the k arrivals of the last `window` strictly before `now`, counted from the oldest of them: k - 1
+    arrivals in now - t_oldest minutes. Counting from the oldest arrival instead of the window's start keeps the
+    first hour of a day (or of a fresh store) from reading as a quiet hour; over a full window it equals k / window
+    up to O(1/k). An arrival at exactly `now` is left out: a projection made because someone just arrived would
+    otherwise always count one more. Mix: the `mix_size` latest arrivals up to and including `now`; the rate
+    counts only among them too.
+    """
+    # Only the `mix_size` latest count, for the rate too: a caller (the service's query) that passes just those
+    # gets the same forecast as one that passes the whole day. A busy hour then gives a k-nearest estimate.
+    known = sorted((a for a in history if a.arrived_at <= now), key=PastArrival._order, reverse=True)[:mix_size]
+    since = now - window
+    recent = [a.arrived_at for a in known if since <= a.arrived_at < now]
+    if len(recent) < 2:
+        return None
+    exposure = minutes_between(recent[-1], now)
+    return ArrivalForecast(events=len(recent) - 1, exposure=exposure, mix=tuple(known))
 
 
 class DurationGrids:
@@ -131,6 +226,21 @@ class DurationGrids:
             out[:, block] = self._remaining_block(block, e[block], survival[block], u_block)
         return out
 
+    def draw(self, sessions: npt.NDArray[np.intp], u: FloatArray) -> FloatArray:
+        """Whole session lengths (nothing elapsed) of the given sessions (any shape), one per uniform in (0, 1]."""
+        z = -ndtri(np.asarray(u, dtype=np.float64))  # as remaining() with no time elapsed: survival 1
+        grid, y = self._z, self._y
+        upper = np.clip(np.searchsorted(grid, z), 1, len(grid) - 1)
+        # Gathers of single grid points: the full grids of thousands of draws would be tens of megabytes.
+        y0, y1 = y[sessions, upper - 1], y[sessions, upper]
+        z0, z1 = grid[upper - 1], grid[upper]
+        inner = y0 + (z - z0) / (z1 - z0) * (y1 - y0)
+        below = y[sessions, 0] + self._low_slope[sessions] * (z - grid[0])
+        above = y[sessions, -1] + self._high_slope[sessions] * (z - grid[-1])
+        length = np.exp(np.where(z < grid[0], below, np.where(z > grid[-1], above, inner)))
+        fixed = np.maximum(np.exp(y[sessions, 0]), MIN_REMAINING_MINUTES)
+        return np.asarray(np.where(self.fixed[sessions], fixed, length), dtype=np.float64)
+
     def _remaining_block(self, block: slice, e: FloatArray, survival: FloatArray, u: FloatArray) -> FloatArray:
         """remaining() for the sessions of one column block."""
         z = -ndtri(np.maximum(survival * u, np.finfo(np.float64).tiny))
@@ -184,14 +294,20 @@ def project(
     samples: int = SAMPLES,
     level: float = WAIT_LEVEL,
     seed: int = SEED,
+    arrivals: ArrivalForecast | None = None,
 ) -> Projection:
-    """Expected wait and a central `level` interval for every waiting customer, projected from `now`."""
+    """Expected wait and a central `level` interval for every waiting customer, projected from `now`.
+
+    Under express, `arrivals` adds the customers expected to arrive while the line waits (see the module's
+    docstring); without it, or under FIFO, only the customers on the floor are projected.
+    """
     room_ids = sorted(floor.rooms)
     occupants = [_occupant(floor, room_id) for room_id in room_ids]
     waiting = floor.waitlist()  # arrival order: column j is the j-th longest waiting customer
     sessions: list[Session] = [o for o in occupants if o is not None] + waiting
     elapsed = [minutes_between(o.assigned_at, now) for o in occupants if o is not None and o.assigned_at]
-    draws = 1.0 - np.random.default_rng(seed).random((samples, len(sessions)))
+    rng = np.random.default_rng(seed)
+    draws = 1.0 - rng.random((samples, len(sessions)))
     lengths = np.zeros((samples, 0))
     if sessions:
         grids = DurationGrids([s.prediction.quantiles for s in sessions])
@@ -206,6 +322,9 @@ def project(
     if not waiting:
         return Projection(waits={}, intervals={}, room_free_in=room_free_in)
     lengths = lengths[:, column:]
+    if arrivals is not None and arrivals.events > 0 and rules.policy is Policy.EXPRESS:
+        waits = _run_line_with_arrivals(floor, now, rules, room_ids, free, lengths, arrivals, rng)
+        return _summarise(waiting, waits, level, room_free_in)
     needs_class, class_fit = _needs_classes(floor, room_ids, waiting)
     order = promotion_order(waiting, rules, aging_due(floor, now, rules))
     rank = {s.session_id: i for i, s in enumerate(order)}
@@ -215,6 +334,13 @@ def project(
         waits = _run_line_in_order(free, lengths, needs_class, class_fit)
     else:
         waits = _run_line(free, lengths, class_fit[:, needs_class], keys, passes, rules.max_passes)
+    return _summarise(waiting, waits, level, room_free_in)
+
+
+def _summarise(
+    waiting: Sequence[Session], waits: FloatArray, level: float, room_free_in: dict[str, float]
+) -> Projection:
+    """Mean and central interval of each waiting customer's projected waits (columns in arrival order)."""
     low, high = np.quantile(waits, [(1 - level) / 2, (1 + level) / 2], axis=0)
     return Projection(
         waits={s.session_id: float(waits[:, j].mean()) for j, s in enumerate(waiting)},
@@ -296,6 +422,189 @@ def _run_line(
         key[o[held], f[held]] = held_key[f[held]]
     horizon = np.nanmax(seated_at, axis=1, keepdims=True, initial=0.0)
     return np.asarray(np.where(np.isnan(seated_at), horizon, seated_at), dtype=np.float64)
+
+
+def _run_line_with_arrivals(
+    floor: Floor,
+    now: datetime,
+    rules: Rules,
+    room_ids: Sequence[str],
+    free: FloatArray,
+    lengths: FloatArray,
+    forecast: ArrivalForecast,
+    rng: np.random.Generator,
+) -> FloatArray:
+    """Express with the forecast's newcomers: minutes until each customer waiting now is seated (columns)."""
+    waiting = floor.waitlist()
+    n, q = lengths.shape
+    mix = forecast.mix
+    needs = sorted(
+        {(s.item_count, s.needs_accessible) for s in waiting} | {(a.item_count, a.needs_accessible) for a in mix}
+    )
+    index = {need: c for c, need in enumerate(needs)}
+    specs = [floor.rooms[room_id].spec for room_id in room_ids]
+    class_fit = np.array([[fits(spec, *need) for need in needs] for spec in specs], dtype=bool).reshape(
+        len(specs), len(needs)
+    )
+    waiting_class = np.array([index[(s.item_count, s.needs_accessible)] for s in waiting], dtype=np.intp)
+    mix_class = np.array([index[(a.item_count, a.needs_accessible)] for a in mix], dtype=np.intp)
+    mix_median = np.array([a.median for a in mix], dtype=np.float64)
+    grids = DurationGrids([a.quantiles for a in mix])
+
+    # The aging cap's reference, a FIFO newcomer's expected wait, as it is now for each kind of needs. The
+    # engine recomputes it at every event; on a line that neither builds up nor drains it stays near today's value.
+    fifo = replace(rules, policy=Policy.FIFO)
+    plan = list_schedule(floor, now, promotion_order(waiting, fifo), expected_remaining, expected_duration)
+    join_wait = np.array(
+        [
+            min(
+                (plan.free_after[room_id] for room_id, spec in zip(room_ids, specs, strict=True) if fits(spec, *need)),
+                default=math.inf,
+            )
+            for need in needs
+        ]
+    )
+    aging = rules.express_aging
+    if aging is None:
+        waiting_due: FloatArray = np.full(q, math.inf)
+        mix_due: FloatArray = np.full(len(mix), math.inf)
+    else:
+        due_now = aging_due(floor, now, rules)
+        waited = np.array([minutes_between(s.arrived_at, now) for s in waiting])
+        later = np.maximum(aging * join_wait[waiting_class] - waited, 0.0)
+        waiting_due = np.asarray(np.where([s.session_id in due_now for s in waiting], -math.inf, later), np.float64)
+        mix_due = np.asarray(aging * join_wait[mix_class], dtype=np.float64)  # minutes after their own arrival
+
+    # Newcomers matter until the last customer waiting now is seated: about when FIFO would seat them plus,
+    # under the aging cap, the longest anyone may be overtaken. Too few is detected below and extended.
+    last_start = max(plan.starts.values(), default=0.0)
+    mean_length = float(np.mean([_mean_length(a.quantiles) for a in mix]))
+    finite = join_wait[np.isfinite(join_wait)]
+    overtaking = aging * float(finite.max()) if aging is not None and finite.size else 3.0 * (last_start + mean_length)
+    expected = forecast.rate * (last_start + overtaking + mean_length)
+    block = min(math.ceil(expected + 3.0 * math.sqrt(expected)) + _MIN_ARRIVALS, _MAX_ARRIVALS)
+
+    # Each draw of the projection has its own rate from the posterior: the interval carries the rate's uncertainty.
+    rates = np.asarray(rng.gamma(forecast.events, 1.0 / forecast.exposure, n), dtype=np.float64)
+    arrive = np.zeros((n, 0))
+    picks = np.zeros((n, 0), dtype=np.intp)
+    arrival_lengths = np.zeros((n, 0))
+    last: FloatArray = np.zeros(n)
+    seated_at = np.full((n, q), np.nan)
+    rows = np.arange(n)  # the draws still to (re)run
+    medians = np.array([s.prediction.median for s in waiting], dtype=np.float64)
+    passes = np.array([s.passed_over for s in waiting], dtype=np.int64)
+    while True:
+        times = last[:, None] + np.cumsum(rng.exponential(1.0, (n, block)), axis=1) / rates[:, None]
+        pick = rng.integers(0, len(mix), (n, block))
+        drawn = grids.draw(pick, 1.0 - rng.random((n, block)))
+        arrive, picks = np.hstack([arrive, times]), np.hstack([picks, pick])
+        arrival_lengths = np.hstack([arrival_lengths, drawn])
+        last = arrive[:, -1]
+        m = len(rows)
+        seated_at[rows] = _run_arriving_line(
+            free[rows],
+            np.hstack([lengths[rows], arrival_lengths[rows]]),
+            np.hstack([np.zeros((m, q)), arrive[rows]]),
+            np.hstack([np.broadcast_to(waiting_class, (m, q)), mix_class[picks[rows]]]),
+            class_fit,
+            np.hstack([np.broadcast_to(medians, (m, q)), mix_median[picks[rows]]]),
+            np.hstack([np.broadcast_to(waiting_due, (m, q)), arrive[rows] + mix_due[picks[rows]]]),
+            np.hstack([np.broadcast_to(passes, (m, q)), np.zeros((m, arrive.shape[1]), dtype=np.int64)]),
+            rules.max_passes,
+            q,
+        )
+        # A draw whose last newcomer came before everyone waiting now was seated ran out of newcomers: run it
+        # again with more. The others are final, as newcomers arriving later cannot change what came before.
+        short = last[rows] < np.nanmax(seated_at[rows], axis=1, initial=0.0)
+        if not short.any() or arrive.shape[1] >= _MAX_ARRIVALS:
+            break
+        rows = rows[short]
+        block = min(arrive.shape[1], _MAX_ARRIVALS - arrive.shape[1])
+    horizon = np.nanmax(seated_at, axis=1, keepdims=True, initial=0.0)
+    return np.asarray(np.where(np.isnan(seated_at), horizon, seated_at), dtype=np.float64)
+
+
+def _mean_length(quantiles: Sequence[float]) -> float:
+    """Mean session length over an evenly spaced quantile grid, as engine.expected_duration."""
+    return sum(quantiles) / len(quantiles)
+
+
+def _run_arriving_line(
+    free: FloatArray,
+    lengths: FloatArray,
+    arrive: FloatArray,
+    need: npt.NDArray[np.intp],
+    class_fit: npt.NDArray[np.bool_],
+    key: FloatArray,
+    due_at: FloatArray,
+    passes: npt.NDArray[np.int64],
+    max_passes: int,
+    current: int,
+) -> FloatArray:
+    """_run_line with customers who join later; minutes until each of the first `current` columns is seated.
+
+    Every array is samples × customers, customers in arrival order in every sample: the first `current` wait now
+    (`arrive` 0), the others arrive `arrive` minutes from now. A freed room goes to the customer already arrived
+    it fits with the lowest promotion key: held (passed over `max_passes` times) first, then due (from `due_at` on),
+    both in arrival order, then by `key` (the predicted median). A free room that fits nobody who has arrived waits
+    for the next newcomer it fits, who takes it on arrival as engine.admit would. Customers not yet seated when
+    everyone of the first `current` is are never looked at again.
+    """
+    n, cols = lengths.shape
+    ids = np.arange(n)  # the sample each row simulates: rows of finished samples are dropped now and then
+    free = free.copy()
+    # Someone no room fits any more (rooms removed from the rooms file) keeps the projection horizon.
+    waiting = np.asarray(class_fit.any(axis=0), dtype=bool)[need]
+    seated_at = np.full((n, current), np.nan)
+    passed = passes.astype(np.int64)
+    order = np.arange(cols, dtype=np.float64)
+    held_key, due_key = order - 2.0 * cols, order - 1.0 * cols
+    # Columns are in arrival order in every sample, so the earliest arrival of each column never decreases:
+    # columns past the latest room event's time have arrived in no sample and are left out of the round.
+    earliest = arrive.min(axis=0, initial=np.inf)
+    # Every round seats one customer or moves an idle room on to a later arrival (or for ever): it ends.
+    while True:
+        rows = np.arange(len(ids))
+        room = free.argmin(axis=1)
+        t = free[rows, room]
+        live = np.isfinite(t) & waiting[:, :current].any(axis=1)
+        if not live.any():
+            break
+        if live.sum() < 0.75 * len(ids):
+            # Drop finished samples once a quarter of the rows are: rounds then cost what the live ones need.
+            keep = np.flatnonzero(live)
+            ids, free, waiting, passed = ids[keep], free[keep], waiting[keep], passed[keep]
+            lengths, arrive, need, key, due_at = lengths[keep], arrive[keep], need[keep], key[keep], due_at[keep]
+            room, t, live = room[keep], t[keep], live[keep]
+            rows = np.arange(len(ids))
+            earliest = arrive.min(axis=0, initial=np.inf)
+        p = max(int(np.searchsorted(earliest, t[live].max(), side="right")), current)
+        now_t = t[:, None]
+        fitting = waiting[:, :p] & class_fit[room[:, None], need[:, :p]]
+        candidates = fitting & (arrive[:, :p] <= now_t) & live[:, None]
+        has = candidates.any(axis=1)
+        rank = np.where(
+            passed[:, :p] >= max_passes,
+            held_key[:p],
+            np.where(due_at[:, :p] <= now_t, due_key[:p], key[:, :p]),
+        )
+        chosen = np.where(candidates, rank, np.inf).argmin(axis=1)
+        first = candidates.argmax(axis=1)  # the longest-waiting customer it fits: passed over if not chosen
+        h = np.flatnonzero(has)
+        j, r, when = chosen[h], room[h], t[h]
+        mine = j < current
+        seated_at[ids[h[mine]], j[mine]] = when[mine]
+        waiting[h, j] = False
+        free[h, r] = when + lengths[h, j]
+        over = np.flatnonzero(has & (first != chosen))
+        passed[over, first[over]] += 1
+        idle = np.flatnonzero(live & ~has)
+        if len(idle):
+            # A room nobody who has arrived fits is free until the next newcomer it fits (or for ever).
+            ahead = waiting[idle] & class_fit[room[idle, None], need[idle]] & (arrive[idle] > t[idle, None])
+            free[idle, room[idle]] = np.where(ahead, arrive[idle], np.inf).min(axis=1, initial=np.inf)
+    return seated_at
 
 
 class _EarliestRoom:

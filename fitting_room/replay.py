@@ -6,9 +6,10 @@
         [--model trained|oracle] [--history-dir DIR] [--target-p90 10] [--plot PNG] [--report MD] [--seed 0]
 
 Every customer arrives at the kiosk, is admitted by `engine.admit` (a room or a place in line, with the wait
-estimate the API would return, from `estimates.project`), and leaves when their session ends, which releases
-the room through `engine.release` and promotes whoever the policy picks. The clock is virtual: each event
-carries its own time, as the API's `timestamp` and `exit_time` do, so a day takes well under a second.
+estimate the API would return, from `estimates.project`; under express with the arrival forecast made from the
+day's arrivals so far, as the service makes it from its sessions table), and leaves when their session ends,
+which releases the room through `engine.release` and promotes whoever the policy picks. The clock is virtual:
+each event carries its own time, as the API's `timestamp` and `exit_time` do, so a day takes well under a second.
 
 Inputs. The store's history (`--history-dir` with the data-contract files, or a history generated in process
 by `fitting_room.simulation` with the profile's settings) supplies the item catalogue, the baskets (drawn
@@ -39,6 +40,7 @@ import json
 import sys
 import tempfile
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
@@ -70,7 +72,15 @@ from fitting_room.engine import (
     promotion_order,
     release,
 )
-from fitting_room.estimates import SAMPLES, Projection, project
+from fitting_room.estimates import (
+    MIX_SIZE,
+    SAMPLES,
+    ArrivalForecast,
+    PastArrival,
+    Projection,
+    forecast_arrivals,
+    project,
+)
 from fitting_room.history import load_history
 from fitting_room.planning import PlanPoint, erlang_wait_quantile, plot_plan, smallest_rooms
 from fitting_room.replay_stats import describe, plan_report, policy_report, summarise_waits
@@ -384,6 +394,8 @@ class InProcessFloor:
         self.samples = samples
         self.refresh = refresh
         self.shown: list[Shown] = []
+        # The latest arrivals, as the service reads them back from its sessions table for express's forecast.
+        self.arrivals: deque[PastArrival] = deque(maxlen=MIX_SIZE)
 
     def arrive(self, arrival: Arrival) -> Arrived:
         """Admit as the service does; estimate the wait of a customer who has to queue."""
@@ -395,16 +407,24 @@ class InProcessFloor:
             prediction=self.predictions[arrival.index],
         )
         admit(self.floor, session, arrival.at)
+        self.arrivals.append(PastArrival.of(session))
         if session.status is SessionStatus.ASSIGNED:
             return Arrived(session.session_id, session.room_id)
         position = self.floor.positions()[session.session_id]
         if not self.estimates:
             return Arrived(session.session_id, None, position)
-        projection = project(self.floor, arrival.at, self.rules, samples=self.samples)
+        projection = self._project(arrival.at)
         self._show(arrival.at, projection)
         interval = projection.intervals[session.session_id]
         estimate = (projection.waits[session.session_id], interval.low, interval.high)
         return Arrived(session.session_id, None, position, estimate, self._baselines(session, position))
+
+    def _project(self, at: datetime) -> Projection:
+        """The service's projection: under express with the arrival forecast from the latest arrivals."""
+        return project(self.floor, at, self.rules, samples=self.samples, arrivals=self._forecast(at))
+
+    def _forecast(self, at: datetime) -> ArrivalForecast | None:
+        return forecast_arrivals(self.arrivals, at) if self.rules.policy is Policy.EXPRESS else None
 
     def _show(self, at: datetime, projection: Projection) -> None:
         if not self.refresh:
@@ -430,7 +450,7 @@ class InProcessFloor:
         """Release the room at `at` and report the promotion."""
         changes = release(self.floor, session_id, room_id, at, self.rules)
         if self.refresh and self.floor.waitlist():
-            self._show(at, project(self.floor, at, self.rules, samples=self.samples))
+            self._show(at, self._project(at))
         if not changes.promoted:
             return None
         promoted = self.floor.active[changes.promoted[0]]

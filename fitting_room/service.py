@@ -26,7 +26,15 @@ from fitting_room.engine import (
     minutes_between,
 )
 from fitting_room.errors import ConflictError, InvalidRequestError, NotFoundError
-from fitting_room.estimates import Projection, WaitInterval, project
+from fitting_room.estimates import (
+    ArrivalForecast,
+    PastArrival,
+    Projection,
+    WaitInterval,
+    forecast_arrivals,
+    project,
+)
+from fitting_room.settings import Policy
 from fitting_room.store import Alert, Completion, Store
 
 ALERT_OUTCOMES = ("theft", "false_alarm", "item_found")
@@ -215,6 +223,8 @@ class FittingRoomService:
         self.new_id = new_id
         self._projections: FloorMemo[Projection] = FloorMemo()
         self._floor_views: FloorMemo[FloorView] = FloorMemo()
+        # Express's latest arrivals as of one floor version: every arrival is a write that bumps the version.
+        self._arrivals: tuple[int, list[PastArrival]] | None = None
 
     def predict(self, item_ids: Sequence[str], entry_time: datetime, level: float = 0.9) -> Prediction:
         """Predicted duration (minutes) of a session with these items entering at `entry_time`."""
@@ -444,7 +454,27 @@ class FittingRoomService:
         )
 
     def _projection(self, floor: Floor, at: datetime, version: int) -> Projection:
-        return self._projections.get(version, at, lambda: project(floor, at, self.rules))
+        # The latest arrivals change only with the floor version, so the memo's key still covers everything.
+        def compute() -> Projection:
+            forecast = self._arrival_forecast(at, version)
+            if forecast is None:  # FIFO, or a store with no arrivals to go by: the line as it stands
+                return project(floor, at, self.rules)
+            return project(floor, at, self.rules, arrivals=forecast)
+
+        return self._projections.get(version, at, compute)
+
+    def _arrival_forecast(self, at: datetime, version: int) -> ArrivalForecast | None:
+        """Who express expects to arrive, from the store's latest arrivals (FIFO's waits do not depend on it)."""
+        if self.rules.policy is not Policy.EXPRESS:
+            return None
+        if self._arrivals is None or self._arrivals[0] != version:
+            with self.store.read() as tx:
+                self._arrivals = (version, tx.recent_arrivals())
+        latest = self._arrivals[1]
+        if latest and at < latest[0].arrived_at:  # as of a moment before the latest arrival (`?at=` earlier)
+            with self.store.read() as tx:
+                latest = tx.recent_arrivals(at)
+        return forecast_arrivals(latest, at)
 
     @staticmethod
     def _room_view(floor: Floor, room: Room, projection: Projection, at: datetime) -> RoomView:

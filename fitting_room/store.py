@@ -57,6 +57,7 @@ from fitting_room.engine import (
     SessionStatus,
 )
 from fitting_room.errors import NotFoundError
+from fitting_room.estimates import MIX_SIZE, PastArrival
 from fitting_room.notify import CHANNEL, Doorbell, PostgresListener
 from fitting_room.rooms import DEFAULT_STORE
 
@@ -139,6 +140,7 @@ Index(
 )
 Index("one_waitlist_place_per_number", sessions_table.c.store_id, sessions_table.c.queue_seq, unique=True)
 Index("sessions_by_status", sessions_table.c.store_id, sessions_table.c.status)
+Index("sessions_by_arrival", sessions_table.c.store_id, sessions_table.c.arrived_at)
 
 alerts_table = Table(
     "alerts",
@@ -738,6 +740,26 @@ class Transaction:
                 anomaly=dict(row["anomaly"] or {}),
             )
         return _session_from_row(row), completion
+
+    def recent_arrivals(self, at: datetime | None = None, limit: int = MIX_SIZE) -> list[PastArrival]:
+        """The store's `limit` latest arrivals (up to `at`), newest first, whatever became of them since."""
+        s = sessions_table.c
+        query = (
+            select(s.arrived_at, s.item_ids, s.needs_accessible, s.predicted_duration, s.duration_quantiles)
+            .where(self._sessions, *([s.arrived_at <= at] if at is not None else []))
+            .order_by(s.arrived_at.desc())
+            .limit(limit)
+        )
+        return [
+            PastArrival(
+                arrived_at=row.arrived_at,
+                item_count=len(row.item_ids),
+                needs_accessible=bool(row.needs_accessible),
+                median=float(row.predicted_duration),
+                quantiles=tuple(map(float, row.duration_quantiles)),
+            )
+            for row in self.conn.execute(query)
+        ]
 
     def session_exists(self, session_id: str) -> bool:
         """True when the store has ever seen this session id."""
