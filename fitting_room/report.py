@@ -85,7 +85,18 @@ def render_report(metrics: dict[str, Any], inputs: ReportInputs) -> str:
         "img{max-width:100%}</style></head><body>\n"
         f"<h1>Fitting-room models</h1><p>Trained {_e(metrics.get('created_at', ''))}; figures are measured on "
         f"{metrics['split']['test']} held-out sessions the evaluated models never saw "
-        f"(the saved models are then refitted on all {metrics['data']['sessions']}).</p>\n{body}\n</body></html>\n"
+        f"({_saved_models_text(metrics)}).</p>\n{body}\n</body></html>\n"
+    )
+
+
+def _saved_models_text(metrics: dict[str, Any]) -> str:
+    """Which models were saved: refitted on every session, or (large data) the evaluated ones themselves."""
+    saved = metrics.get("saved_models", {})
+    if saved.get("refitted_on_all_sessions", True):
+        return f"the saved models are then refitted on all {metrics['data']['sessions']}"
+    return (
+        f"the saved models are these evaluated ones, fitted on the {saved['fitted_on_sessions']} training "
+        "sessions: at this size a refit on all sessions is skipped"
     )
 
 
@@ -128,6 +139,8 @@ def _accuracy_section(metrics: dict[str, Any], diag: DurationDiagnostics) -> str
     ax.legend()
     rows = [("model", d["mae_minutes"])] + [(k.removesuffix("_mae_minutes"), v) for k, v in d["baselines"].items()]
     table = _table(["predictor", "MAE (min)"], [(n, f"{v:.2f}") for n, v in rows])
+    if "baselines_note" in d:  # a baseline fitted on a sample (large data) says so
+        table += f"<p>{_e(d['baselines_note'])}.</p>"
     return _section("accuracy", "Predicted vs actual duration", verdict, _img(fig) + table)
 
 

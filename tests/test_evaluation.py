@@ -9,15 +9,19 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from sklearn.ensemble import RandomForestRegressor
 from threadpoolctl import threadpool_limits
 
 from fitting_room import simulation
 from fitting_room.catalog import Catalog
 from fitting_room.evaluation import (
     COVERAGE_LEVELS,
+    FOREST_BASELINE,
     anomaly_limit,
     bayes_anomaly_posterior,
+    duration_baselines,
     evaluate_duration,
+    forest_sample_size,
     load_truth,
     precision_at_recall,
     vs_truth,
@@ -104,6 +108,30 @@ def test_bayes_posterior_is_calibrated_and_the_limit_is_reported(store: tuple) -
 def test_no_limit_for_data_not_from_the_simulator(tmp_path: Path) -> None:
     sessions, _, _ = load_synthetic(tmp_path, 200, seed=2)
     assert anomaly_limit(tmp_path, sessions) is None
+
+
+def test_forest_baseline_is_fitted_on_a_capped_sample(store: tuple, monkeypatch: pytest.MonkeyPatch) -> None:
+    _, sessions, catalog, _ = store
+    train, test = sessions.iloc[:-N_TEST], sessions.iloc[-N_TEST:]
+    rows_fitted: list[int] = []
+    fit = RandomForestRegressor.fit
+
+    def spy(self: RandomForestRegressor, x: np.ndarray, y: np.ndarray, *args: object, **kwargs: object) -> object:
+        rows_fitted.append(len(x))
+        return fit(self, x, y, *args, **kwargs)
+
+    monkeypatch.setattr(RandomForestRegressor, "fit", spy)
+    full = duration_baselines(train, test, catalog)
+    at_size = duration_baselines(train, test, catalog, forest_max_sessions=len(train))
+    capped = duration_baselines(train, test, catalog, forest_max_sessions=500)
+    assert rows_fitted == [len(train), len(train), 500]
+    assert at_size == full, "a cap at or above the training size changes nothing"
+    medians = ("global_median_mae_minutes", "median_by_item_count_mae_minutes")
+    assert all(capped[name] == full[name] for name in medians), "the medians always use every session"
+    assert capped[FOREST_BASELINE] != full[FOREST_BASELINE]
+    assert capped[FOREST_BASELINE] == pytest.approx(full[FOREST_BASELINE], rel=0.1)
+    assert capped == duration_baselines(train, test, catalog, forest_max_sessions=500), "the sample is seeded"
+    assert (forest_sample_size(10, None), forest_sample_size(10, 3), forest_sample_size(10, 30)) == (10, 3, 10)
 
 
 def test_precision_at_recall() -> None:
