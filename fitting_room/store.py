@@ -481,6 +481,65 @@ LOCK_STORE = FLOOR_VERSION.with_for_update()
 SESSION_EXISTS = select(sessions_table.c.session_id).where(
     sessions_table.c.store_id == bindparam("store_id"), sessions_table.c.session_id == bindparam("session_id")
 )
+# The writes of every change, built once too: a statement made per call costs more to build than to run.
+# Keys of the rows are bound as key_*, so their names never clash with the columns being set.
+SESSION_FIELDS = (
+    "status",
+    "item_ids",
+    "needs_accessible",
+    "arrived_at",
+    "queue_seq",
+    "passed_over",
+    "room_id",
+    "assigned_at",
+    "ended_at",
+    "last_event_at",
+    "predicted_duration",
+    "interval_low",
+    "interval_high",
+    "interval_level",
+    "duration_quantiles",
+    "unknown_item_ids",
+)
+EXISTING_SESSIONS = select(sessions_table.c.session_id).where(
+    sessions_table.c.store_id == bindparam("store_id"),
+    sessions_table.c.session_id.in_(bindparam("session_ids", expanding=True)),
+)
+INSERT_SESSION = insert(sessions_table)
+UPDATE_SESSION = (
+    update(sessions_table)
+    .where(
+        sessions_table.c.store_id == bindparam("key_store_id"),
+        sessions_table.c.session_id == bindparam("key_session_id"),
+    )
+    .values({name: bindparam(name, type_=sessions_table.c[name].type) for name in SESSION_FIELDS})
+)
+ROOM_FIELDS = ("session_id", "free_since", "last_event_at")
+UPDATE_ROOM = (
+    update(rooms_table)
+    .where(rooms_table.c.store_id == bindparam("key_store_id"), rooms_table.c.room_id == bindparam("key_room_id"))
+    .values({name: bindparam(name, type_=rooms_table.c[name].type) for name in ROOM_FIELDS})
+)
+UPDATE_QUEUE_SEQ = (
+    update(store_state)
+    .where(store_state.c.store_id == bindparam("key_store_id"))
+    .values(next_queue_seq=bindparam("next_queue_seq"))
+)
+UPDATE_FLOOR_VERSION = (
+    update(store_state)
+    .where(store_state.c.store_id == bindparam("key_store_id"))
+    .values(floor_version=bindparam("floor_version"))
+)
+COMPLETION_FIELDS = ("exit_scans", "actual_duration", "anomaly")
+RECORD_COMPLETION = (
+    update(sessions_table)
+    .where(
+        sessions_table.c.store_id == bindparam("key_store_id"),
+        sessions_table.c.session_id == bindparam("key_session_id"),
+    )
+    .values({name: bindparam(name, type_=sessions_table.c[name].type) for name in COMPLETION_FIELDS})
+)
+INSERT_EVENT = insert(events_table)
 
 
 class FloorCache:
@@ -569,9 +628,7 @@ class Transaction:
             return
         assert self.version is not None, "write transactions lock the store first"
         self.new_version = self.version + 1
-        self.conn.execute(
-            update(store_state).where(store_state.c.store_id == self.store_id).values(floor_version=self.new_version)
-        )
+        self.conn.execute(UPDATE_FLOOR_VERSION, {"key_store_id": self.store_id, "floor_version": self.new_version})
 
     def sync_rooms(self, specs: Sequence[RoomSpec]) -> list[str]:
         """Make the rooms table match the rooms file; returns ids of occupied rooms kept though removed."""
@@ -642,27 +699,25 @@ class Transaction:
         for session in touched:
             values = _session_values(session)
             if session.session_id in known:
-                self.conn.execute(update(sessions_table).where(self._session(session.session_id)).values(**values))
+                keys = {"key_store_id": self.store_id, "key_session_id": session.session_id}
+                self.conn.execute(UPDATE_SESSION, keys | values)
             else:
                 self.conn.execute(
-                    insert(sessions_table).values(session_id=session.session_id, store_id=self.store_id, **values)
+                    INSERT_SESSION, {"session_id": session.session_id, "store_id": self.store_id} | values
                 )
         for room_id in sorted(changes.rooms, key=lambda rid: floor.rooms[rid].session_id is not None):
             room = floor.rooms[room_id]
             self.conn.execute(
-                update(rooms_table)
-                .where(self._room(room_id))
-                .values(
-                    session_id=room.session_id,
-                    free_since=room.free_since,
-                    last_event_at=room.last_event_at,
-                )
+                UPDATE_ROOM,
+                {
+                    "key_store_id": self.store_id,
+                    "key_room_id": room_id,
+                    "session_id": room.session_id,
+                    "free_since": room.free_since,
+                    "last_event_at": room.last_event_at,
+                },
             )
-        self.conn.execute(
-            update(store_state)
-            .where(store_state.c.store_id == self.store_id)
-            .values(next_queue_seq=floor.next_queue_seq)
-        )
+        self.conn.execute(UPDATE_QUEUE_SEQ, {"key_store_id": self.store_id, "next_queue_seq": floor.next_queue_seq})
         for session in touched:
             self.log_event(
                 f"session_{session.status.value}",
@@ -671,7 +726,7 @@ class Transaction:
 
     def log_event(self, kind: str, payload: dict[str, Any]) -> None:
         """Append a change to the event log; it commits (or not) with the change itself."""
-        self.conn.execute(insert(events_table).values(store_id=self.store_id, kind=kind, payload=payload))
+        self.conn.execute(INSERT_EVENT, {"store_id": self.store_id, "kind": kind, "payload": payload})
         if not self.logged and self.conn.dialect.name == "postgresql":
             # Delivered at commit, to every replica's listener; never if the change rolls back.
             self.conn.execute(select(func.pg_notify(CHANNEL, self.store_id)))
@@ -698,8 +753,7 @@ class Transaction:
         wanted = list(ids)
         if not wanted:
             return set()
-        query = select(sessions_table.c.session_id).where(self._sessions, sessions_table.c.session_id.in_(wanted))
-        rows = self.conn.execute(query)
+        rows = self.conn.execute(EXISTING_SESSIONS, {"store_id": self.store_id, "session_ids": wanted})
         return {r[0] for r in rows}
 
     def get_idempotency(self, key: str) -> tuple[str, dict[str, Any]] | None:
@@ -769,13 +823,14 @@ class Transaction:
     def record_completion(self, session_id: str, completion: Completion) -> None:
         """Store a finished session's exit scans, duration and anomaly result."""
         self.conn.execute(
-            update(sessions_table)
-            .where(self._session(session_id))
-            .values(
-                exit_scans=completion.exit_scans,
-                actual_duration=completion.actual_duration,
-                anomaly=completion.anomaly,
-            )
+            RECORD_COMPLETION,
+            {
+                "key_store_id": self.store_id,
+                "key_session_id": session_id,
+                "exit_scans": completion.exit_scans,
+                "actual_duration": completion.actual_duration,
+                "anomaly": completion.anomaly,
+            },
         )
 
     def add_alert(self, alert: dict[str, Any]) -> int:
@@ -872,6 +927,7 @@ def _session_from_row(row: RowMapping) -> Session:
 
 
 def _session_values(session: Session) -> dict[str, Any]:
+    """The SESSION_FIELDS of a session's row."""
     p = session.prediction
     return {
         "status": session.status.value,
