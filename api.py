@@ -348,8 +348,9 @@ async def read_without_stalling(store: StoreContext, read: Callable[..., T], *ar
     """Run a read of the store's floor on the event loop when that cannot block, else in a worker thread.
 
     Inline saves the thread hop (most of such a request's cost), but only while no writer of this process holds the
-    floor and the database is a local SQLite file: the loop must never wait on a commit or a network round trip,
-    or every request, /healthz included, would wait with it.
+    floor, the database is a local SQLite file and nothing long is due (a wait projection not yet kept for this
+    moment): the loop must never wait on a commit, a network round trip or seconds of projection, or every
+    request, /healthz included, would wait with it.
     """
     if not store.service.store.database.is_postgresql:
         try:

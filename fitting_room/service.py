@@ -35,7 +35,7 @@ from fitting_room.estimates import (
     project,
 )
 from fitting_room.settings import Policy
-from fitting_room.store import Alert, Completion, Store
+from fitting_room.store import Alert, Completion, Store, StoreBusyError
 
 ALERT_OUTCOMES = ("theft", "false_alarm", "item_found")
 # Results kept per (floor version, moment): enough for a few moments in flight at once.
@@ -53,6 +53,10 @@ class FloorMemo(Generic[V]):
     def __init__(self, size: int = MEMO_SIZE) -> None:
         self._size = size
         self._items: dict[tuple[int, datetime], V] = {}
+
+    def peek(self, version: int, at: datetime) -> V | None:
+        """The result for (version, at) if it is kept."""
+        return self._items.get((version, at))
 
     def get(self, version: int, at: datetime, compute: Callable[[], V]) -> V:
         """The result for (version, at), computed now if it is not kept."""
@@ -274,10 +278,15 @@ class FittingRoomService:
         return SessionView(session=session)
 
     def session(self, session_id: str, at: datetime, *, wait: bool = True) -> SessionView:
-        """A session with its position and wait as of `at` (`wait=False`: StoreBusyError, not a wait)."""
+        """A session with its position and wait as of `at`.
+
+        `wait=False`: StoreBusyError instead of waiting for a writer or projecting the line (see floor_status).
+        """
         with self.store.floor(wait) as snapshot:
             live = snapshot.floor.active.get(session_id)
             if live is not None and live.status is SessionStatus.WAITLISTED:
+                if not wait and self._projections.peek(snapshot.version, at) is None:
+                    raise StoreBusyError(self.store.store_id)
                 return self._view(snapshot.floor, replace(live), at, snapshot.version)
         with self.store.read() as tx:
             stored, completion = tx.get_session(session_id)
@@ -298,8 +307,18 @@ class FittingRoomService:
         return kept
 
     def floor_status(self, at: datetime, *, wait: bool = True) -> FloorView:
-        """Every room and the waitlist as of `at` (`wait=False`: StoreBusyError, not a wait)."""
+        """Every room and the waitlist as of `at`.
+
+        `wait=False` answers only what is at hand: StoreBusyError instead of waiting for a writer, or instead of
+        projecting the line when no view of this floor version and moment is kept yet (a projection takes
+        milliseconds to seconds as the line grows: a caller that must not stall hands that to a thread).
+        """
         with self.store.floor(wait) as snapshot:
+            if not wait:
+                kept = self._floor_views.peek(snapshot.version, at)
+                if kept is None:
+                    raise StoreBusyError(self.store.store_id)
+                return kept
             # Views hold copies of the floor's objects, so one view can be handed to every poll that asks again.
             return self._floor_views.get(
                 snapshot.version, at, lambda: self._floor_view(snapshot.floor, at, snapshot.version)

@@ -464,7 +464,10 @@ def is_transient(err: DBAPIError) -> bool:
 
 
 class StoreBusyError(Exception):
-    """A writer holds the store's floor right now (raised only to callers that asked not to wait)."""
+    """Answering now means waiting: a writer holds the store's floor, or the line must first be projected.
+
+    Raised only to callers that asked not to wait (`wait=False`), which then ask again from a worker thread.
+    """
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ from fitting_room.engine import Floor, RoomSpec, Rules, SessionStatus
 from fitting_room.errors import ConflictError, InvalidRequestError, NotFoundError
 from fitting_room.estimates import Projection, project
 from fitting_room.service import ExitReport, FittingRoomService
+from fitting_room.store import StoreBusyError
 from tests.engine_factories import at
 from tests.fakes import make_service
 
@@ -226,6 +227,24 @@ def test_an_exit_reported_with_only_a_duration_happens_when_reported(service: Fi
     assert result.duration == 10.0 and result.room_released
     assert service.session(seated.session_id, at(1)).session.ended_at == at(0.1)
     assert service.assign(ITEMS, False, at(0.2)).session.room_id == "room_1"
+
+
+def test_a_reader_that_may_not_wait_never_projects_the_line(service: FittingRoomService):
+    waiting = fill(service, 5)[3:]
+    # Nothing kept for this moment: projecting could take seconds, so the caller is told to ask from a thread.
+    with pytest.raises(StoreBusyError):
+        service.floor_status(at(1), wait=False)
+    with pytest.raises(StoreBusyError):
+        service.session(waiting[0], at(1), wait=False)
+    view = service.floor_status(at(1))
+    assert service.floor_status(at(1), wait=False) is view
+    assert service.session(waiting[0], at(1), wait=False).estimated_wait == view.waitlist[0].estimated_wait
+    # Sessions that need no projection are answered at once.
+    seated = next(r.session.session_id for r in view.rooms if r.session is not None)
+    assert service.session(seated, at(5), wait=False).session.room_id is not None
+    service.cancel(waiting[1], at(2))  # a new floor version: nothing kept for it yet
+    with pytest.raises(StoreBusyError):
+        service.floor_status(at(1), wait=False)
 
 
 def test_one_projection_serves_every_poll_of_the_same_floor_and_moment(
