@@ -406,6 +406,18 @@ class Store:
         finally:
             self._lock.release()
 
+    def known_version(self) -> int | None:
+        """The floor version as of now if the probe shows nothing committed since a read verified it, else None.
+
+        Takes no lock: a caller that only needs the version (to find a view it kept of it) never queues behind
+        other readers or a writer. A writer's uncommitted changes do not count, as for any other reader.
+        """
+        probe = self.database.probe
+        verified = self._verified
+        if probe is None or verified is None:
+            return None
+        return verified[1] if probe.data_version() == verified[0] else None
+
     def session_exists(self, session_id: str) -> bool:
         """True when the store has ever seen this session id (as of the latest commit)."""
         params = {"store_id": self.store_id, "session_id": session_id}
@@ -692,11 +704,12 @@ class Transaction:
         """Write the rows an engine operation touched (`ended` holds sessions that left the floor)."""
         self.floor = floor
         self._bump_version()
-        by_id = {s.session_id: s for s in ended} | floor.active
+        # Only the touched sessions are looked up: merging `ended` into the whole floor would cost O(floor size).
+        left = {s.session_id: s for s in ended}
         known = self._existing_session_ids(changes.sessions)
         # Sessions leaving a room are written before those entering one: the unique index sees no overlap.
         touched = sorted(
-            (by_id[sid] for sid in changes.sessions),
+            (floor.active[sid] if sid in floor.active else left[sid] for sid in changes.sessions),
             key=lambda s: s.status is SessionStatus.ASSIGNED,
         )
         for session in touched:

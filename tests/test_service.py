@@ -15,7 +15,8 @@ from fitting_room import service as service_module
 from fitting_room.engine import Floor, RoomSpec, Rules, SessionStatus
 from fitting_room.errors import ConflictError, InvalidRequestError, NotFoundError
 from fitting_room.estimates import Projection, project
-from fitting_room.service import ExitReport, FittingRoomService
+from fitting_room.service import QUICK_PROJECTION_SESSIONS, ExitReport, FittingRoomService
+from fitting_room.settings import Policy
 from fitting_room.store import StoreBusyError
 from tests.engine_factories import at
 from tests.fakes import make_service
@@ -229,8 +230,14 @@ def test_an_exit_reported_with_only_a_duration_happens_when_reported(service: Fi
     assert service.assign(ITEMS, False, at(0.2)).session.room_id == "room_1"
 
 
-def test_a_reader_that_may_not_wait_never_projects_the_line(service: FittingRoomService):
-    waiting = fill(service, 5)[3:]
+@pytest.mark.parametrize(
+    ("rules", "customers"),
+    [(Rules(policy=Policy.EXPRESS), 5), (Rules(), QUICK_PROJECTION_SESSIONS + 2)],
+    ids=["express", "fifo-large-floor"],
+)
+def test_a_reader_that_may_not_wait_never_projects_a_costly_line(db: str, rules: Rules, customers: int):
+    service = make_service(db, ROOMS, rules)
+    waiting = fill(service, customers)[len(ROOMS) :]
     # Nothing kept for this moment: projecting could take seconds, so the caller is told to ask from a thread.
     with pytest.raises(StoreBusyError):
         service.floor_status(at(1), wait=False)
@@ -245,6 +252,13 @@ def test_a_reader_that_may_not_wait_never_projects_the_line(service: FittingRoom
     service.cancel(waiting[1], at(2))  # a new floor version: nothing kept for it yet
     with pytest.raises(StoreBusyError):
         service.floor_status(at(1), wait=False)
+
+
+def test_a_small_fifo_floor_is_projected_by_a_reader_that_may_not_wait(service: FittingRoomService):
+    waiting = fill(service, 5)[len(ROOMS) :]
+    view = service.floor_status(at(1), wait=False)
+    assert [w.session.session_id for w in view.waitlist] == waiting
+    assert service.floor_status(at(1)) is view
 
 
 def test_one_projection_serves_every_poll_of_the_same_floor_and_moment(
