@@ -87,3 +87,16 @@ def test_only_sqlite_files_have_a_probe(url: str):
     assert not ChangeProbe.supports(engine)
     with pytest.raises(ValueError, match="SQLite file"):
         ChangeProbe(engine)
+
+
+def test_the_known_version_holds_only_until_the_next_commit(url: str):
+    here = make_service(url, ROOMS)
+    there = make_service(url, ROOMS)
+    assert here.store.known_version() is None  # nothing verified yet
+    here.floor_status(at(0))
+    version = here.store.known_version()
+    assert version is not None
+    there.assign(ITEMS, False, at(1))  # another process commits
+    assert here.store.known_version() is None
+    assert here.floor_status(at(2)).rooms[0].session is not None
+    assert here.store.known_version() == version + 1
