@@ -42,6 +42,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Connection, Engine, RowMapping
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+from sqlalchemy.sql.dml import Update
 from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.types import TypeDecorator
 
@@ -521,20 +522,20 @@ EXISTING_SESSIONS = select(sessions_table.c.session_id).where(
     sessions_table.c.session_id.in_(bindparam("session_ids", expanding=True)),
 )
 INSERT_SESSION = insert(sessions_table)
-UPDATE_SESSION = (
-    update(sessions_table)
-    .where(
-        sessions_table.c.store_id == bindparam("key_store_id"),
-        sessions_table.c.session_id == bindparam("key_session_id"),
+
+
+def _keyed_update(table: Table, key: str, fields: Sequence[str]) -> Update:
+    """UPDATE of `fields` (bound by their own names) in the row of store `key_store_id` whose `key` is `key_<key>`."""
+    return (
+        update(table)
+        .where(table.c.store_id == bindparam("key_store_id"), table.c[key] == bindparam(f"key_{key}"))
+        .values({name: bindparam(name, type_=table.c[name].type) for name in fields})
     )
-    .values({name: bindparam(name, type_=sessions_table.c[name].type) for name in SESSION_FIELDS})
-)
+
+
+UPDATE_SESSION = _keyed_update(sessions_table, "session_id", SESSION_FIELDS)
 ROOM_FIELDS = ("session_id", "free_since", "last_event_at")
-UPDATE_ROOM = (
-    update(rooms_table)
-    .where(rooms_table.c.store_id == bindparam("key_store_id"), rooms_table.c.room_id == bindparam("key_room_id"))
-    .values({name: bindparam(name, type_=rooms_table.c[name].type) for name in ROOM_FIELDS})
-)
+UPDATE_ROOM = _keyed_update(rooms_table, "room_id", ROOM_FIELDS)
 UPDATE_QUEUE_SEQ = (
     update(store_state)
     .where(store_state.c.store_id == bindparam("key_store_id"))
@@ -546,14 +547,7 @@ UPDATE_FLOOR_VERSION = (
     .values(floor_version=bindparam("floor_version"))
 )
 COMPLETION_FIELDS = ("exit_scans", "actual_duration", "anomaly")
-RECORD_COMPLETION = (
-    update(sessions_table)
-    .where(
-        sessions_table.c.store_id == bindparam("key_store_id"),
-        sessions_table.c.session_id == bindparam("key_session_id"),
-    )
-    .values({name: bindparam(name, type_=sessions_table.c[name].type) for name in COMPLETION_FIELDS})
-)
+RECORD_COMPLETION = _keyed_update(sessions_table, "session_id", COMPLETION_FIELDS)
 INSERT_EVENT = insert(events_table)
 
 
