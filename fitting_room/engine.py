@@ -201,6 +201,14 @@ class Floor:
         """Forget the index: call after changing Room or Session fields outside the engine's functions."""
         self._index = None
 
+    def copy(self) -> Floor:
+        """A copy whose rooms and sessions are copies too: it stays as it is while this floor changes."""
+        return Floor(
+            rooms={room_id: replace(room) for room_id, room in self.rooms.items()},
+            active={session_id: replace(session) for session_id, session in self.active.items()},
+            next_queue_seq=self.next_queue_seq,
+        )
+
     def waitlist(self) -> list[Session]:
         """Waiting customers in arrival order (position 1 first)."""
         return [self.active[session_id] for _, session_id in self._indexed().line]

@@ -6,6 +6,7 @@ transaction, so an acknowledged change is committed before the caller answers.
 
 from __future__ import annotations
 
+import threading
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -49,12 +50,13 @@ class FloorMemo(Generic[V]):
     """Results computed from one floor version as of one moment, kept for the polls that ask again.
 
     Kiosks and tablets polling within the same second see the same floor version: compute once. Callers that
-    compute hold the store's lock; `peek` may run without it (one dict lookup, atomic in CPython).
+    compute hold the store's lock or the service's projection lock; `peek` needs neither (one dict lookup).
     """
 
     def __init__(self, size: int = MEMO_SIZE) -> None:
         self._size = size
         self._items: dict[tuple[int, datetime], V] = {}
+        self._guard = threading.Lock()  # callers under different locks may store at once
 
     def peek(self, version: int, at: datetime) -> V | None:
         """The result for (version, at) if it is kept."""
@@ -63,11 +65,14 @@ class FloorMemo(Generic[V]):
     def get(self, version: int, at: datetime, compute: Callable[[], V]) -> V:
         """The result for (version, at), computed now if it is not kept."""
         key = (version, at)
-        if key not in self._items:
-            if len(self._items) >= self._size:
-                self._items.pop(next(iter(self._items)))  # the oldest: dicts keep insertion order
-            self._items[key] = compute()
-        return self._items[key]
+        found = self._items.get(key)
+        if found is None:
+            found = compute()
+            with self._guard:
+                if len(self._items) >= self._size:
+                    self._items.pop(next(iter(self._items)))  # the oldest: dicts keep insertion order
+                self._items[key] = found
+        return found
 
 
 class DurationModel(Protocol):
@@ -229,6 +234,8 @@ class FittingRoomService:
         self.new_id = new_id
         self._projections: FloorMemo[Projection] = FloorMemo()
         self._floor_views: FloorMemo[FloorView] = FloorMemo()
+        # Long projections run from a copy of the floor outside the store's lock, one at a time per store.
+        self._projecting = threading.Lock()
         # Express's latest arrivals as of one floor version: every arrival is a write that bumps the version.
         self._arrivals: tuple[int, list[PastArrival]] | None = None
 
@@ -254,7 +261,8 @@ class FittingRoomService:
         return self.store.retrying(lambda: self._admit(session, now, server_clock))
 
     def _admit(self, session: Session, now: datetime, server_clock: bool) -> SessionView:
-        # The view is built after the commit but under the store's lock: the floor is shared with later changes.
+        # The view is built after the commit but under the store's lock (the floor is shared with later changes),
+        # or from a copy after the lock when projecting the line takes long.
         with self.store.locked():
             with self.store.write() as tx:
                 floor = tx.load_floor()
@@ -262,7 +270,11 @@ class FittingRoomService:
                     now = session.arrived_at = floor.catch_up(now)
                 changes = engine.admit(floor, session, now)
                 tx.save(floor, changes)
-            return self._view(floor, replace(session), now, tx.floor_version)
+            if session.status is not SessionStatus.WAITLISTED or self._quick_to_project(floor):
+                return self._view(floor, replace(session), now, tx.floor_version)
+            frozen = floor.copy()
+        with self._projecting:
+            return self._view(frozen, frozen.active[session.session_id], now, tx.floor_version)
 
     def cancel(self, session_id: str, now: datetime) -> SessionView:
         """Take a waiting customer out of the line."""
@@ -286,11 +298,17 @@ class FittingRoomService:
         """
         with self.store.floor(wait) as snapshot:
             live = snapshot.floor.active.get(session_id)
-            if live is not None and live.status is SessionStatus.WAITLISTED:
-                quick = self._quick_to_project(snapshot.floor)
-                if not wait and not quick and self._projections.peek(snapshot.version, at) is None:
+            waiting = live is not None and live.status is SessionStatus.WAITLISTED
+            if live is not None and waiting:
+                ready = self._quick_to_project(snapshot.floor) or self._projections.peek(snapshot.version, at)
+                if ready:
+                    return self._view(snapshot.floor, replace(live), at, snapshot.version)
+                if not wait:
                     raise StoreBusyError(self.store.store_id)
-                return self._view(snapshot.floor, replace(live), at, snapshot.version)
+                frozen, version = snapshot.floor.copy(), snapshot.version
+        if waiting:
+            with self._projecting:  # writers go on meanwhile: the projection reads a copy of the floor
+                return self._view(frozen, frozen.active[session_id], at, version)
         with self.store.read() as tx:
             stored, completion = tx.get_session(session_id)
         return SessionView(session=stored, completion=completion)
@@ -323,15 +341,18 @@ class FittingRoomService:
         if kept is not None:
             return kept
         with self.store.floor(wait) as snapshot:
-            if not wait and not self._quick_to_project(snapshot.floor):
-                kept = self._floor_views.peek(snapshot.version, at)
-                if kept is None:
-                    raise StoreBusyError(self.store.store_id)
+            version = snapshot.version
+            kept = self._floor_views.peek(version, at)
+            if kept is not None:
                 return kept
-            # Views hold copies of the floor's objects, so one view can be handed to every poll that asks again.
-            return self._floor_views.get(
-                snapshot.version, at, lambda: self._floor_view(snapshot.floor, at, snapshot.version)
-            )
+            if self._quick_to_project(snapshot.floor):
+                # Views hold copies of the floor's objects, so one view can be handed to every poll that asks again.
+                return self._floor_views.get(version, at, lambda: self._floor_view(snapshot.floor, at, version))
+            if not wait:
+                raise StoreBusyError(self.store.store_id)
+            frozen = snapshot.floor.copy()
+        with self._projecting:  # writers go on meanwhile: the projection reads a copy of the floor
+            return self._floor_views.get(version, at, lambda: self._floor_view(frozen, at, version))
 
     def _floor_view(self, floor: Floor, at: datetime, version: int) -> FloorView:
         projection = self._projection(floor, at, version)

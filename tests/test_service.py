@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
-from threading import Barrier
+from threading import Barrier, Event
 
 import pytest
 from sqlalchemy import text
@@ -284,3 +284,26 @@ def test_one_projection_serves_every_poll_of_the_same_floor_and_moment(
     assert [v.position for v in service.floor_status(at(2)).waitlist] == [1]
     assert [v.position for v in before_cancel.waitlist] == [1, 2]
     assert calls == [at(1), at(2), at(2)]
+
+
+def test_a_long_projection_does_not_hold_up_writers(db: str, monkeypatch: pytest.MonkeyPatch):
+    service = make_service(db, ROOMS)
+    waiting = fill(service, QUICK_PROJECTION_SESSIONS + 2)[len(ROOMS) :]
+    started, release = Event(), Event()
+
+    def slow_project(floor: Floor, at: datetime, rules: Rules) -> Projection:
+        started.set()
+        assert release.wait(10), "the writer waited for the projection"
+        return project(floor, at, rules)
+
+    monkeypatch.setattr(service_module, "project", slow_project)
+    with ThreadPoolExecutor(1) as pool:
+        status = pool.submit(service.floor_status, at(1))
+        assert started.wait(10)
+        cancelled = service.cancel(waiting[-1], at(1))  # commits while the projection is running
+        release.set()
+        view = status.result()
+    assert cancelled.session.status is SessionStatus.CANCELLED
+    # The view is of the floor the projection started from; the next moment's shows the change.
+    assert [w.session.session_id for w in view.waitlist] == waiting
+    assert [w.session.session_id for w in service.floor_status(at(2)).waitlist] == waiting[:-1]
