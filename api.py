@@ -308,16 +308,17 @@ def store_access(role: Role, action: str, *, from_query: bool = False) -> Any:
     if from_query:
 
         async def check_stream(
-            state: State,
+            request: Request,
             header: Annotated[str | None, Security(api_key_header)],
             query: Annotated[str | None, Security(api_key_query)],
         ) -> StoreContext:
-            return _caller_store(state, header or query, role, action)
+            return _caller_store(request.app.state.ctx, header or query, role, action)
 
         return Depends(check_stream)
 
-    async def check(state: State, key: Annotated[str | None, Security(api_key_header)]) -> StoreContext:
-        return _caller_store(state, key, role, action)
+    # The request, not the State dependency: one level less of dependency solving on every kiosk call.
+    async def check(request: Request, key: Annotated[str | None, Security(api_key_header)]) -> StoreContext:
+        return _caller_store(request.app.state.ctx, key, role, action)
 
     return Depends(check)
 
