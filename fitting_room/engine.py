@@ -388,7 +388,7 @@ class _FloorIndex:
         return min(found)[1] if found else None
 
     def best_free_room(self, item_count: int, needs_accessible: bool) -> str | None:
-        """best_free_room over the indexed free rooms, as a room id."""
+        """Best fit among the free rooms, as a room id: least spare capacity, accessible rooms last, free longest."""
         for bucket in self.buckets:
             accessible, max_items = bucket
             if max_items >= item_count and (accessible or not needs_accessible) and self.free[bucket]:
@@ -434,33 +434,13 @@ def fits(room: RoomSpec, item_count: int, needs_accessible: bool) -> bool:
     return item_count <= room.max_items and (room.accessible or not needs_accessible)
 
 
-def check_admissible(rooms: Iterable[RoomSpec], item_count: int, needs_accessible: bool) -> None:
-    """Raise InvalidRequestError when no configured room could ever take this customer."""
-    largest = max((r.max_items for r in rooms if r.accessible or not needs_accessible), default=None)
-    _check_largest(largest, item_count, needs_accessible)
-
-
 def _check_largest(largest: int | None, item_count: int, needs_accessible: bool) -> None:
-    """check_admissible given the largest room this customer may use (None: there is none)."""
+    """Raise InvalidRequestError when the largest room this customer may use (None: none) cannot take them."""
     if largest is None:
         raise InvalidRequestError("this store has no accessible fitting room")
     if item_count > largest:
         kind = "accessible room" if needs_accessible else "room"
         raise InvalidRequestError(f"{item_count} items do not fit any {kind}: the largest takes {largest} items")
-
-
-def best_free_room(rooms: Iterable[Room], item_count: int, needs_accessible: bool) -> Room | None:
-    """Best fit: the free room with least spare capacity, accessible rooms last, then free longest."""
-    candidates = [r for r in rooms if r.is_free and fits(r.spec, item_count, needs_accessible)]
-    if not candidates:
-        return None
-    return min(candidates, key=lambda r: _fit_key(r, item_count, needs_accessible))
-
-
-def _fit_key(room: Room, item_count: int, needs_accessible: bool) -> tuple[bool, int, float, str]:
-    spare_accessible = room.spec.accessible and not needs_accessible
-    free_since = room.free_since.timestamp() if room.free_since else float("-inf")
-    return (spare_accessible, room.spec.max_items - item_count, free_since, room.room_id)
 
 
 def _ensure_not_before(event: str, now: datetime, last: datetime | None) -> None:

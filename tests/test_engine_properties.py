@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import replace
 
 from hypothesis import settings
@@ -9,7 +10,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from fitting_room import engine
-from fitting_room.engine import CLOCK_SKEW, Floor, Rules, Session, SessionStatus, fits
+from fitting_room.engine import CLOCK_SKEW, Floor, Room, Rules, Session, SessionStatus, fits
 from fitting_room.errors import InvalidRequestError
 from fitting_room.estimates import project
 from fitting_room.settings import Policy
@@ -122,7 +123,7 @@ class FloorMachine(RuleBasedStateMachine):
         for items in range(1, 13):
             for accessible in (False, True):
                 indexed = floor._indexed().best_free_room(items, accessible)
-                brute = engine.best_free_room(floor.rooms.values(), items, accessible)
+                brute = best_free_room(floor.rooms.values(), items, accessible)
                 assert indexed == (brute.room_id if brute else None)
         order = engine.promotion_order(line, self.policy_rules, engine.aging_due(floor, now, self.policy_rules))
         for room in floor.rooms.values():
@@ -148,6 +149,20 @@ class FloorMachine(RuleBasedStateMachine):
         assert set(projection.waits) == set(self.floor.positions()) == set(projection.intervals)
         assert all(w > 0 for w in projection.waits.values())
         assert all(0 < i.low <= i.high for i in projection.intervals.values())
+
+
+def best_free_room(rooms: Iterable[Room], item_count: int, needs_accessible: bool) -> Room | None:
+    """Best fit by brute force, the rule as #4 states it: least spare capacity, accessible rooms last, free longest."""
+    candidates = [r for r in rooms if r.is_free and fits(r.spec, item_count, needs_accessible)]
+    if not candidates:
+        return None
+
+    def key(room: Room) -> tuple[bool, int, float, str]:
+        spare_accessible = room.spec.accessible and not needs_accessible
+        free_since = room.free_since.timestamp() if room.free_since else float("-inf")
+        return (spare_accessible, room.spec.max_items - item_count, free_since, room.room_id)
+
+    return min(candidates, key=key)
 
 
 def _seq(session: Session) -> int:
