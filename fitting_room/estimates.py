@@ -182,18 +182,18 @@ class DurationGrids:
 
     def log_quantile(self, z: FloatArray) -> FloatArray:
         """Log minutes at normal scores `z` (samples × sessions), interpolated, tails extended linearly."""
-        return self._log_quantile_block(slice(None), z)
+        return self._log_quantile_at(np.arange(len(self._y))[None, :], z)
 
-    def _log_quantile_block(self, block: slice, z: FloatArray) -> FloatArray:
-        """log_quantile for the sessions of one column block (z has one column per session in it)."""
-        grid, y = self._z, self._y[block]
+    def _log_quantile_at(self, sessions: npt.NDArray[np.intp], z: FloatArray) -> FloatArray:
+        """log_quantile of the given sessions (an index array broadcast against z) at normal scores z."""
+        # Gathers of single grid points: whole grids for thousands of draws would be tens of megabytes.
+        grid, y = self._z, self._y
         upper = np.clip(np.searchsorted(grid, z), 1, len(grid) - 1)
-        cols = np.arange(y.shape[0])[None, :]
         z0, z1 = grid[upper - 1], grid[upper]
-        y0, y1 = y[cols, upper - 1], y[cols, upper]
+        y0, y1 = y[sessions, upper - 1], y[sessions, upper]
         inner = y0 + (z - z0) / (z1 - z0) * (y1 - y0)
-        below = y[:, 0] + self._low_slope[block] * (z - grid[0])
-        above = y[:, -1] + self._high_slope[block] * (z - grid[-1])
+        below = y[sessions, 0] + self._low_slope[sessions] * (z - grid[0])
+        above = y[sessions, -1] + self._high_slope[sessions] * (z - grid[-1])
         return np.asarray(np.where(z < grid[0], below, np.where(z > grid[-1], above, inner)), dtype=np.float64)
 
     def normal_score(self, session: int, minutes: float) -> float:
@@ -229,22 +229,15 @@ class DurationGrids:
     def draw(self, sessions: npt.NDArray[np.intp], u: FloatArray) -> FloatArray:
         """Whole session lengths (nothing elapsed) of the given sessions (any shape), one per uniform in (0, 1]."""
         z = -ndtri(np.asarray(u, dtype=np.float64))  # as remaining() with no time elapsed: survival 1
-        grid, y = self._z, self._y
-        upper = np.clip(np.searchsorted(grid, z), 1, len(grid) - 1)
-        # Gathers of single grid points: the full grids of thousands of draws would be tens of megabytes.
-        y0, y1 = y[sessions, upper - 1], y[sessions, upper]
-        z0, z1 = grid[upper - 1], grid[upper]
-        inner = y0 + (z - z0) / (z1 - z0) * (y1 - y0)
-        below = y[sessions, 0] + self._low_slope[sessions] * (z - grid[0])
-        above = y[sessions, -1] + self._high_slope[sessions] * (z - grid[-1])
-        length = np.exp(np.where(z < grid[0], below, np.where(z > grid[-1], above, inner)))
-        fixed = np.maximum(np.exp(y[sessions, 0]), MIN_REMAINING_MINUTES)
+        length = np.exp(self._log_quantile_at(sessions, z))
+        fixed = np.maximum(np.exp(self._y[sessions, 0]), MIN_REMAINING_MINUTES)
         return np.asarray(np.where(self.fixed[sessions], fixed, length), dtype=np.float64)
 
     def _remaining_block(self, block: slice, e: FloatArray, survival: FloatArray, u: FloatArray) -> FloatArray:
         """remaining() for the sessions of one column block."""
         z = -ndtri(np.maximum(survival * u, np.finfo(np.float64).tiny))
-        left = np.maximum(np.exp(self._log_quantile_block(block, z)) - e, 0.0)
+        sessions = np.arange(len(self._y))[block][None, :]
+        left = np.maximum(np.exp(self._log_quantile_at(sessions, z)) - e, 0.0)
         fixed_left = np.maximum(np.exp(self._y[block, 0]) - e, MIN_REMAINING_MINUTES)
         left = np.where(self.fixed[block], fixed_left, np.where(survival > 0, left, MIN_REMAINING_MINUTES))
         return np.asarray(left, dtype=np.float64)
