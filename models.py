@@ -357,18 +357,9 @@ class DurationPredictor(_Persistent):
         make: Callable[[], Any],
         full: bool = False,
     ) -> tuple[Any, np.ndarray]:
-        """(Model on all `train` rows when `full`, else None; out-of-fold predictions for every row).
-
-        Each fold's model sees only `train` rows outside it; the fits are independent, so they run in parallel.
-        """
-        fits = [partial(_fit_predict, make, x, target, rows[train[rows]], held_out) for rows, held_out in folds]
-        if full:
-            fits.append(partial(_fit_predict, make, x, target, np.flatnonzero(train), np.arange(0)))
-        results = _in_parallel(fits, self.n_jobs)
-        out = np.empty(len(x))
-        for (_, held_out), (_, predicted) in zip(folds, results, strict=False):
-            out[held_out] = predicted
-        return (results[-1][0] if full else None), out
+        """_cross_fitted where each fold's model sees only `train` rows outside it (and the full model all of them)."""
+        in_train = [(rows[train[rows]], held_out) for rows, held_out in folds]
+        return _cross_fitted(make, x, target, in_train, np.flatnonzero(train) if full else None, self.n_jobs)
 
     def _schema(self) -> dict[str, Any]:
         return self.builder_.schema
@@ -585,19 +576,13 @@ class AnomalyDetector(_Persistent):
         """Label-trained classifier; thresholds chosen on out-of-fold probabilities."""
         inputs = np.column_stack((features, self._surprisals(features)))
         folds = list(StratifiedKFold(self.cv_folds, shuffle=True, random_state=self.random_state).split(inputs, y))
-        # The folds and the final fit are independent: one parallel batch.
-        fits = [partial(_fit_predict, self._classifier, inputs, y, rows, held_out) for rows, held_out in folds]
-        fits.append(partial(_fit_predict, self._classifier, inputs, y, np.arange(len(y)), np.arange(0)))
-        results = _in_parallel(fits, self.n_jobs)
-        out_of_fold = np.empty(len(y))
-        for (_, held_out), (_, predicted) in zip(folds, results, strict=False):
-            out_of_fold[held_out] = predicted
+        classifier, out_of_fold = _cross_fitted(self._classifier, inputs, y, folds, np.arange(len(y)), self.n_jobs)
         self.threshold_, self.validation_precision_, self.validation_recall_ = _threshold_for_recall(
             y, out_of_fold, self.target_recall
         )
         medium, _, _ = _threshold_for_recall(y, out_of_fold, self.medium_recall)
         self.medium_threshold_ = min(medium, self.threshold_)
-        self.classifier_ = results[-1][0]
+        self.classifier_ = classifier
 
     def _classifier(self) -> HistGradientBoostingClassifier:
         """Small boosted classifier; log loss keeps its probabilities roughly calibrated."""
@@ -643,6 +628,29 @@ class AnomalyDetector(_Persistent):
     def _compile(self) -> tuple[FastIsolationForest, FastClassifier | None]:
         classifier = getattr(self, "classifier_", None)
         return FastIsolationForest(self.isolation_), FastClassifier(classifier) if classifier is not None else None
+
+
+def _cross_fitted(
+    make: Callable[[], Any],
+    x: np.ndarray,
+    y: np.ndarray,
+    folds: Sequence[tuple[np.ndarray, np.ndarray]],
+    full_rows: np.ndarray | None,
+    n_jobs: int,
+) -> tuple[Any, np.ndarray]:
+    """(Model fitted on `full_rows`, or None without them; out-of-fold predictions for every row).
+
+    Each fold's model is fitted on its first rows and predicts its held-out ones; the fits (and the full one)
+    are independent, so they run as one parallel batch.
+    """
+    fits = [partial(_fit_predict, make, x, y, rows, held_out) for rows, held_out in folds]
+    if full_rows is not None:
+        fits.append(partial(_fit_predict, make, x, y, full_rows, np.arange(0)))
+    results = _in_parallel(fits, n_jobs)
+    out = np.empty(len(x))
+    for (_, held_out), (_, predicted) in zip(folds, results, strict=False):
+        out[held_out] = predicted
+    return (results[-1][0] if full_rows is not None else None), out
 
 
 def _fit_predict(
