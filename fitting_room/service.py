@@ -296,19 +296,19 @@ class FittingRoomService:
 
         `wait=False`: StoreBusyError instead of waiting for a writer or projecting the line (see floor_status).
         """
+        frozen: tuple[Floor, int] | None = None
         with self.store.floor(wait) as snapshot:
             live = snapshot.floor.active.get(session_id)
-            waiting = live is not None and live.status is SessionStatus.WAITLISTED
-            if live is not None and waiting:
-                ready = self._quick_to_project(snapshot.floor) or self._projections.peek(snapshot.version, at)
-                if ready:
+            if live is not None and live.status is SessionStatus.WAITLISTED:
+                if self._quick_to_project(snapshot.floor) or self._projections.peek(snapshot.version, at):
                     return self._view(snapshot.floor, replace(live), at, snapshot.version)
                 if not wait:
                     raise StoreBusyError(self.store.store_id)
-                frozen, version = snapshot.floor.copy(), snapshot.version
-        if waiting:
+                frozen = (snapshot.floor.copy(), snapshot.version)
+        if frozen is not None:
+            floor, version = frozen
             with self._projecting:  # writers go on meanwhile: the projection reads a copy of the floor
-                return self._view(frozen, frozen.active[session_id], at, version)
+                return self._view(floor, floor.active[session_id], at, version)
         with self.store.read() as tx:
             stored, completion = tx.get_session(session_id)
         return SessionView(session=stored, completion=completion)
@@ -510,13 +510,9 @@ class FittingRoomService:
 
     def _projection(self, floor: Floor, at: datetime, version: int) -> Projection:
         # The latest arrivals change only with the floor version, so the memo's key still covers everything.
-        def compute() -> Projection:
-            forecast = self._arrival_forecast(at, version)
-            if forecast is None:  # FIFO, or a store with no arrivals to go by: the line as it stands
-                return project(floor, at, self.rules)
-            return project(floor, at, self.rules, arrivals=forecast)
-
-        return self._projections.get(version, at, compute)
+        return self._projections.get(
+            version, at, lambda: project(floor, at, self.rules, arrivals=self._arrival_forecast(at, version))
+        )
 
     def _arrival_forecast(self, at: datetime, version: int) -> ArrivalForecast | None:
         """Who express expects to arrive, from the store's latest arrivals (FIFO's waits do not depend on it)."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 from threading import Barrier, Event
+from typing import Any
 
 import pytest
 from sqlalchemy import text
@@ -267,9 +268,9 @@ def test_one_projection_serves_every_poll_of_the_same_floor_and_moment(
     waiting = fill(service, 5)[3:]
     calls: list[datetime] = []
 
-    def counting_project(floor: Floor, at: datetime, rules: Rules) -> Projection:
+    def counting_project(floor: Floor, at: datetime, rules: Rules, **kwargs: Any) -> Projection:
         calls.append(at)
-        return project(floor, at, rules)
+        return project(floor, at, rules, **kwargs)
 
     monkeypatch.setattr(service_module, "project", counting_project)
     first = service.floor_status(at(1))
@@ -291,10 +292,10 @@ def test_a_long_projection_does_not_hold_up_writers(db: str, monkeypatch: pytest
     waiting = fill(service, QUICK_PROJECTION_SESSIONS + 2)[len(ROOMS) :]
     started, release = Event(), Event()
 
-    def slow_project(floor: Floor, at: datetime, rules: Rules) -> Projection:
+    def slow_project(floor: Floor, at: datetime, rules: Rules, **kwargs: Any) -> Projection:
         started.set()
         assert release.wait(10), "the writer waited for the projection"
-        return project(floor, at, rules)
+        return project(floor, at, rules, **kwargs)
 
     monkeypatch.setattr(service_module, "project", slow_project)
     with ThreadPoolExecutor(1) as pool:
