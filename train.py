@@ -18,8 +18,8 @@ the data contract (the message names the file and row or column).
 Large data (issue #7): from --large-data sessions on, cross-fits use 2 folds instead of 5; the
 random-forest baseline is fitted on a sample of at most --baseline-max-sessions training sessions;
 from --reuse-evaluation-models-from sessions on, the evaluated models are saved instead of refitted
-on all sessions. metrics.json's "training_plan" says which applied; the README's "Training at
-scale" gives the measured effect of each.
+on all sessions. metrics.json's "training_plan" says which applied; the README's "Offline:
+1,000,000 sessions" gives the measured effect of each.
 """
 
 from __future__ import annotations
@@ -69,7 +69,7 @@ DURATION_FILE = "duration_model.pkl"
 ANOMALY_FILE = "anomaly_model.pkl"
 METRICS_FILE = "metrics.json"
 MIN_SESSIONS = 50
-# Size-dependent decisions (issue #7; README "Training at scale" has their measured effects). Below
+# Size-dependent decisions (issue #7; README "Offline: 1,000,000 sessions" has their measured effects). Below
 # LARGE_DATA_SESSIONS nothing changes: the 20,000-session default data trains exactly as before.
 CV_FOLDS = 5  # cross-fitting folds: duration residuals and scales, label-classifier thresholds
 LARGE_DATA_SESSIONS = 200_000

@@ -32,7 +32,8 @@ from fitting_room.engine import SessionStatus
 from fitting_room.schemas import EventTime
 from fitting_room.service import FittingRoomService
 from fitting_room.settings import Settings
-from fitting_room.store import Event, Transaction, alerts_table, sessions_table
+from fitting_room.store import Event, Transaction
+from fitting_room.tables import alerts_table, sessions_table
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 # Only these files are served: a fixed list, so no request path ever reaches the file system.

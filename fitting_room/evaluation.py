@@ -118,8 +118,8 @@ def duration_baselines(
     forest_train = train
     n_forest = forest_sample_size(len(train), forest_max_sessions)
     if n_forest < len(train):
-        # A report-only baseline: its fit grows as n log n per tree, while its held-out MAE stops moving
-        # long before a million sessions (README, "Training at scale"), so a sample is enough to compare against.
+        # A report-only baseline: its fit grows as n log n per tree, while its held-out MAE stops moving long
+        # before a million sessions (README, "Offline: 1,000,000 sessions"), so a sample is enough to compare.
         rows = np.sort(np.random.default_rng(seed).choice(len(train), n_forest, replace=False))
         forest_train = train.iloc[rows]
     forest = RandomForestRegressor(n_estimators=100, min_samples_leaf=5, random_state=seed, n_jobs=n_jobs)

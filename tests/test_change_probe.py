@@ -11,7 +11,7 @@ from sqlalchemy import create_engine, event
 from fitting_room.change_probe import ChangeProbe
 from fitting_room.engine import RoomSpec
 from fitting_room.service import ExitReport
-from fitting_room.store import SESSION_EXISTS
+from fitting_room.tables import SESSION_EXISTS
 from tests.engine_factories import at
 from tests.fakes import make_service
 

@@ -14,7 +14,8 @@ from sqlalchemy import create_engine, inspect, text
 from fitting_room import migrations
 from fitting_room.errors import DataContractError
 from fitting_room.settings import Settings
-from fitting_room.store import Database, make_engine, metadata
+from fitting_room.store import Database, make_engine
+from fitting_room.tables import metadata
 from tests.conftest import REPO
 
 

@@ -2,7 +2,7 @@
 
 from alembic import context
 
-from fitting_room.store import metadata
+from fitting_room.tables import metadata
 
 connection = context.config.attributes.get("connection")
 if connection is None:

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-import fitting_room.store
+import fitting_room.tables
 
 revision: str = "0001"
 down_revision: str | None = None
@@ -37,7 +37,7 @@ def upgrade() -> None:
         sa.Column("key", sa.String(length=200), nullable=False),
         sa.Column("fingerprint", sa.String(length=64), nullable=False),
         sa.Column("response", sa.JSON(), nullable=False),
-        sa.Column("created_at", fitting_room.store.UTCDateTime(), nullable=False),
+        sa.Column("created_at", fitting_room.tables.UTCDateTime(), nullable=False),
         sa.PrimaryKeyConstraint("store_id", "key"),
     )
     with op.batch_alter_table("idempotency_keys", schema=None) as batch_op:
@@ -57,8 +57,8 @@ def upgrade() -> None:
         sa.Column("accessible", sa.Boolean(), nullable=False),
         sa.Column("attributes", sa.JSON(), nullable=False),
         sa.Column("session_id", sa.String(length=64), nullable=True),
-        sa.Column("free_since", fitting_room.store.UTCDateTime(), nullable=True),
-        sa.Column("last_event_at", fitting_room.store.UTCDateTime(), nullable=True),
+        sa.Column("free_since", fitting_room.tables.UTCDateTime(), nullable=True),
+        sa.Column("last_event_at", fitting_room.tables.UTCDateTime(), nullable=True),
         sa.ForeignKeyConstraint(
             ["store_id"],
             ["store_state.store_id"],
@@ -73,13 +73,13 @@ def upgrade() -> None:
         sa.Column("status", sa.String(length=16), nullable=False),
         sa.Column("item_ids", sa.JSON(), nullable=False),
         sa.Column("needs_accessible", sa.Boolean(), nullable=False),
-        sa.Column("arrived_at", fitting_room.store.UTCDateTime(), nullable=False),
+        sa.Column("arrived_at", fitting_room.tables.UTCDateTime(), nullable=False),
         sa.Column("queue_seq", sa.Integer(), nullable=True),
         sa.Column("passed_over", sa.Integer(), nullable=False),
         sa.Column("room_id", sa.String(length=64), nullable=True),
-        sa.Column("assigned_at", fitting_room.store.UTCDateTime(), nullable=True),
-        sa.Column("ended_at", fitting_room.store.UTCDateTime(), nullable=True),
-        sa.Column("last_event_at", fitting_room.store.UTCDateTime(), nullable=True),
+        sa.Column("assigned_at", fitting_room.tables.UTCDateTime(), nullable=True),
+        sa.Column("ended_at", fitting_room.tables.UTCDateTime(), nullable=True),
+        sa.Column("last_event_at", fitting_room.tables.UTCDateTime(), nullable=True),
         sa.Column("predicted_duration", sa.Float(), nullable=False),
         sa.Column("interval_low", sa.Float(), nullable=False),
         sa.Column("interval_high", sa.Float(), nullable=False),
@@ -112,7 +112,7 @@ def upgrade() -> None:
         sa.Column("store_id", sa.String(length=64), nullable=False),
         sa.Column("session_id", sa.String(length=64), nullable=False),
         sa.Column("room_id", sa.String(length=64), nullable=False),
-        sa.Column("raised_at", fitting_room.store.UTCDateTime(), nullable=False),
+        sa.Column("raised_at", fitting_room.tables.UTCDateTime(), nullable=False),
         sa.Column("anomaly_score", sa.Float(), nullable=False),
         sa.Column("risk_level", sa.String(length=16), nullable=False),
         sa.Column("reasons", sa.JSON(), nullable=False),
@@ -121,7 +121,7 @@ def upgrade() -> None:
         sa.Column("status", sa.String(length=16), nullable=False),
         sa.Column("outcome", sa.String(length=32), nullable=True),
         sa.Column("note", sa.String(length=500), nullable=True),
-        sa.Column("resolved_at", fitting_room.store.UTCDateTime(), nullable=True),
+        sa.Column("resolved_at", fitting_room.tables.UTCDateTime(), nullable=True),
         sa.ForeignKeyConstraint(
             ["session_id"],
             ["sessions.session_id"],
