@@ -507,8 +507,11 @@ def _add_routes(app: FastAPI) -> None:
             predicted_duration=body.predicted_duration,
         )
 
+        known = False  # whether this request already found the session on record (then it needs no second look)
+
         def act() -> DetectAnomalyResponse:
-            response = presenters.exit_response(store.service.check_exit(report, event_time(None, settings)))
+            check = store.service.complete_exit if known else store.service.check_exit
+            response = presenters.exit_response(check(report, event_time(None, settings)))
             if response.next_assignment is not None:
                 state.metrics.assignments.labels(outcome="promoted").inc()
             if response.alert_id is not None:
@@ -522,6 +525,7 @@ def _add_routes(app: FastAPI) -> None:
             analysed = await read_without_stalling(store, store.service.analyse_if_unknown, report, now)
             if analysed is not None:
                 return json_response(presenters.exit_response(analysed))
+            known = True
         return await anyio.to_thread.run_sync(once, store, idempotency_key, request, body, act)
 
     @app.get("/alerts", response_model=AlertsResponse, responses=ERRORS)

@@ -371,8 +371,10 @@ class FittingRoomService:
     def check_exit(self, report: ExitReport, now: datetime) -> ExitResult:
         """Analyse a finished session; if it is the one in that room, complete it and free the room."""
         analysed = self.analyse_if_unknown(report, now)
-        if analysed is not None:
-            return analysed
+        return analysed if analysed is not None else self.complete_exit(report, now)
+
+    def complete_exit(self, report: ExitReport, now: datetime) -> ExitResult:
+        """check_exit of a session the store knows (analyse_if_unknown said so): complete it and free the room."""
         return self.store.retrying(lambda: self._complete(report, now))
 
     def analyse_if_unknown(self, report: ExitReport, now: datetime, *, wait: bool = True) -> ExitResult | None:
