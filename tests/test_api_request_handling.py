@@ -1,0 +1,148 @@
+"""api.py's own request handling on the hot routes: bodies and keys checked without FastAPI's solving, and state
+changes of a store leaving the event loop one at a time."""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from fitting_room.rooms import DEFAULT_STORE
+from tests.test_api import ITEMS, README_ANOMALY_BODY, floor
+
+SELF_VALIDATED = {
+    "/predict_duration": ("PredictDurationRequest", False),
+    "/assign_room": ("AssignRoomRequest", True),
+    "/detect_anomaly": ("DetectAnomalyRequest", True),
+}
+BODIES = {
+    "/predict_duration": {"item_ids": ITEMS},
+    "/assign_room": {"item_ids": ITEMS},
+    "/detect_anomaly": README_ANOMALY_BODY,
+}
+
+
+@pytest.mark.parametrize("path", SELF_VALIDATED)
+@pytest.mark.parametrize(
+    ("content", "headers", "error_type"),
+    [
+        ('{"item_ids": ["sku-0042"]}', {"Content-Type": "text/plain"}, "content_type"),
+        ('{"item_ids": ["sku-0042"]}', {}, "content_type"),
+        ("", {"Content-Type": "application/json"}, "missing"),
+        (b"\xff{G\x04", {"Content-Type": "application/json"}, "json_invalid"),
+        ("{bad", {"Content-Type": "application/json"}, "json_invalid"),
+    ],
+)
+def test_a_body_that_is_not_json_is_a_422_located_at_the_body_and_changes_nothing(
+    client: TestClient, path: str, content: str | bytes, headers: dict[str, str], error_type: str
+):
+    before = floor(client)
+    response = client.post(path, content=content, headers=headers)
+    assert response.status_code == 422, response.text
+    (error,) = response.json()["detail"]
+    assert error["type"] == error_type
+    assert error["loc"][0] == "body"
+    assert error["msg"]
+    assert floor(client) == before
+
+
+@pytest.mark.parametrize("path", SELF_VALIDATED)
+def test_field_errors_are_located_under_body_as_for_a_declared_body(client: TestClient, path: str):
+    response = client.post(path, json={**BODIES[path], "item_ids": 5, "entry_scans": 5})
+    assert response.status_code == 422
+    locations = [tuple(e["loc"]) for e in response.json()["detail"]]
+    assert ("body", "item_ids") in locations or ("body", "entry_scans") in locations
+    assert all(loc[0] == "body" for loc in locations)
+
+
+def test_a_json_media_type_with_parameters_or_a_json_suffix_is_accepted(client: TestClient):
+    for content_type in ("application/json; charset=utf-8", "application/vnd.kiosk+json"):
+        response = client.post(
+            "/predict_duration", content='{"item_ids": ["sku-0042"]}', headers={"Content-Type": content_type}
+        )
+        assert response.status_code == 200, response.text
+
+
+@pytest.mark.parametrize("path", ["/assign_room", "/detect_anomaly"])
+@pytest.mark.parametrize(("key", "error_type"), [("", "string_too_short"), ("k" * 201, "string_too_long")])
+def test_an_idempotency_key_out_of_bounds_is_a_422_and_changes_nothing(
+    client: TestClient, path: str, key: str, error_type: str
+):
+    before = floor(client)
+    response = client.post(path, json=BODIES[path], headers={"Idempotency-Key": key})
+    assert response.status_code == 422, response.text
+    (error,) = response.json()["detail"]
+    assert (error["type"], error["loc"]) == (error_type, ["header", "Idempotency-Key"])
+    assert floor(client) == before
+
+
+def test_the_longest_idempotency_key_is_accepted_and_replays(client: TestClient):
+    headers = {"Idempotency-Key": "k" * 200}
+    first = client.post("/assign_room", json={"item_ids": ITEMS}, headers=headers)
+    again = client.post("/assign_room", json={"item_ids": ITEMS}, headers=headers)
+    assert first.status_code == again.status_code == 200
+    assert again.json() == first.json()
+    assert again.headers["Idempotent-Replayed"] == "true"
+
+
+def test_openapi_still_describes_the_bodies_keys_and_headers_the_routes_read_themselves(client: TestClient):
+    spec = client.get("/openapi.json").json()
+    schemas = spec["components"]["schemas"]
+    for path, (model, idempotent) in SELF_VALIDATED.items():
+        operation = spec["paths"][path]["post"]
+        body = operation["requestBody"]
+        assert body["required"] is True
+        ref = body["content"]["application/json"]["schema"]["$ref"]
+        assert ref == f"#/components/schemas/{model}"
+        assert schemas[model]["properties"]
+        assert operation["security"] == [{"APIKeyHeader": []}]
+        headers = {p["name"]: p for p in operation.get("parameters", []) if p["in"] == "header"}
+        assert ("Idempotency-Key" in headers) is idempotent
+        if idempotent:
+            assert headers["Idempotency-Key"]["schema"] == {"type": "string", "minLength": 1, "maxLength": 200}
+    # Every reference in the document resolves (nested models of the self-validated bodies included).
+    assert all(ref.rsplit("/", 1)[1] in schemas for ref in _refs(spec))
+
+
+def _refs(node: Any) -> list[str]:
+    if isinstance(node, dict):
+        own = [node["$ref"]] if isinstance(node.get("$ref"), str) else []
+        return own + [r for value in node.values() for r in _refs(value)]
+    if isinstance(node, list):
+        return [r for value in node for r in _refs(value)]
+    return []
+
+
+def test_changes_of_a_store_leave_the_event_loop_one_at_a_time(client: TestClient, monkeypatch: pytest.MonkeyPatch):
+    service = client.app.state.ctx.stores[DEFAULT_STORE].service  # type: ignore[attr-defined]
+    real_assign = service.assign
+    lock = threading.Lock()
+    inside = [0]
+    most_inside = [0]
+    second_arrived = threading.Event()
+
+    def assign(*args: Any, **kwargs: Any) -> Any:
+        with lock:
+            inside[0] += 1
+            most_inside[0] = max(most_inside[0], inside[0])
+            first = inside[0] == 1
+            if not first:
+                second_arrived.set()
+        try:
+            if first:
+                # Held open long enough for a second change to enter, if anything would let it.
+                second_arrived.wait(timeout=1.0)
+            return real_assign(*args, **kwargs)
+        finally:
+            with lock:
+                inside[0] -= 1
+
+    monkeypatch.setattr(service, "assign", assign)
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        statuses = list(pool.map(lambda _: client.post("/assign_room", json={"item_ids": ITEMS}).status_code, range(4)))
+    assert statuses == [200] * 4
+    assert most_inside[0] == 1
+    assert not second_arrived.is_set()
