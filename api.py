@@ -5,8 +5,11 @@ Run with `uvicorn api:app`. Settings come from FITTING_ROOM_* environment variab
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 import logging
 from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -143,8 +146,8 @@ class StoreContext:
     settings: Settings
     service: FittingRoomService
     models: ModelStatus
-    # One state change of this store at a time leaves the event loop (see `run_change`).
-    changes: anyio.CapacityLimiter = field(default_factory=lambda: anyio.CapacityLimiter(1))
+    # The store's state changes, run one at a time in arrival order by this thread (see `run_change`).
+    changes: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="changes"))
     # The last status body served and the view it was made from: polls of an unchanged view get the same bytes.
     status_body: tuple[FloorView, bytes] | None = None
 
@@ -273,6 +276,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             yield
         finally:
+            for store in state.stores.values():
+                store.changes.shutdown(wait=True)  # changes already accepted finish and commit
             state.database.close()
 
     app = FittingRoomAPI(
@@ -429,19 +434,23 @@ def projection_time(value: datetime | None, settings: Settings) -> datetime:
     return event_time(value, settings) if value is not None else datetime.now(UTC).replace(microsecond=0)
 
 
-async def read_without_stalling(store: StoreContext, read: Callable[..., T], *args: Any) -> T:
+async def read_without_stalling(
+    store: StoreContext, read: Callable[..., T], *args: Any, wait_for_changes: bool = True
+) -> T:
     """Run a read of the store's floor on the event loop when that cannot block, else in a worker thread.
 
     Inline saves the thread hop (most of such a request's cost), but only while no writer of this process holds the
     floor, the database is a local SQLite file and nothing long is due (a wait projection not yet kept for this
     moment): the loop must never wait on a commit, a network round trip or seconds of projection, or every
-    request, /healthz included, would wait with it.
+    request, /healthz included, would wait with it. Without `wait_for_changes`, a floor held by a change raises
+    StoreBusyError instead of waiting for it in a thread.
     """
     if not store.service.store.database.is_postgresql:
         try:
             return read(*args, wait=False)
         except StoreBusyError:
-            pass
+            if not wait_for_changes:
+                raise
     return await anyio.to_thread.run_sync(partial(read, *args, wait=True))
 
 
@@ -454,13 +463,15 @@ def json_response(body: BaseModel) -> Response:
 
 
 async def run_change(store: StoreContext, change: Callable[..., T], *args: Any) -> T:
-    """Run a change of the store's state in a worker thread, one change of this store at a time.
+    """Run a change of the store's state on the store's own thread, one change at a time, in arrival order.
 
-    The changes would serialise on the store's lock anyway; holding them in line here, in arrival order, keeps
-    the others from occupying threads that fight over that lock and the GIL (under 16 concurrent writers that
-    fight set the p99), and leaves the event loop to the reads.
+    The changes would serialise on the store's lock anyway. In a pool, the waiting ones occupied threads that
+    fought over that lock and the GIL (under 16 concurrent writers that fight set the p99); one thread draining
+    its queue also starts the next change the moment the last one commits, with no round trip through the event
+    loop, which stays free for the reads. The request's context (its id in the logs) goes along.
     """
-    return await anyio.to_thread.run_sync(partial(change, *args), limiter=store.changes)
+    call = partial(contextvars.copy_context().run, change, *args)
+    return await asyncio.get_running_loop().run_in_executor(store.changes, call)
 
 
 def once(
@@ -594,12 +605,18 @@ def _add_routes(app: FastAPI) -> None:
             return response
 
         if key is None:
-            # A session the store never saw is only analysed (no commit); one on record goes to a thread.
+            # A session the store never saw is only analysed (no commit); one on record is the change thread's.
             now = event_time(None, settings)
-            analysed = await read_without_stalling(store, store.service.analyse_if_unknown, report, now)
-            if analysed is not None:
-                return json_response(presenters.exit_response(analysed))
-            known = True
+            try:
+                analysed = await read_without_stalling(
+                    store, store.service.analyse_if_unknown, report, now, wait_for_changes=False
+                )
+            except StoreBusyError:
+                pass  # a change holds the floor: the change thread looks after it rather than a thread waiting here
+            else:
+                if analysed is not None:
+                    return json_response(presenters.exit_response(analysed))
+                known = True
         return await run_change(store, once, store, key, request, body, act)
 
     @app.get("/alerts", response_model=AlertsResponse, responses=ERRORS)

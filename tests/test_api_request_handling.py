@@ -146,3 +146,60 @@ def test_changes_of_a_store_leave_the_event_loop_one_at_a_time(client: TestClien
     assert statuses == [200] * 4
     assert most_inside[0] == 1
     assert not second_arrived.is_set()
+
+
+def _exit_while_a_change_holds_the_floor(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch, body: dict[str, Any]
+) -> tuple[int, dict[str, Any], list[str]]:
+    """POST /detect_anomaly while the test holds the store's floor, then let go; (status, body, pool threads used)."""
+    import api
+
+    pool_calls: list[str] = []
+    real_run_sync = api.anyio.to_thread.run_sync
+
+    async def counting_run_sync(func: Any, *args: Any, **kwargs: Any) -> Any:
+        pool_calls.append(getattr(func, "__name__", repr(func)))
+        return await real_run_sync(func, *args, **kwargs)
+
+    monkeypatch.setattr(api.anyio.to_thread, "run_sync", counting_run_sync)
+    service = client.app.state.ctx.stores[DEFAULT_STORE].service  # type: ignore[attr-defined]
+    real_analyse = service.analyse_if_unknown
+    looked = threading.Event()
+
+    def analyse_if_unknown(*args: Any, **kwargs: Any) -> Any:
+        looked.set()
+        return real_analyse(*args, **kwargs)
+
+    monkeypatch.setattr(service, "analyse_if_unknown", analyse_if_unknown)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        with service.store.locked():
+            pending = pool.submit(client.post, "/detect_anomaly", json=body)
+            assert looked.wait(timeout=30), "the request never looked at the floor"
+            assert not pending.done()
+        response = pending.result(timeout=30)
+    return response.status_code, response.json(), pool_calls
+
+
+def test_an_exit_while_a_change_holds_the_floor_goes_to_the_change_thread_without_a_waiting_thread(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+):
+    occupant = client.post("/assign_room", json={"item_ids": ITEMS}).json()
+    body = {"session_id": occupant["session_id"], "room_id": occupant["room_id"], "exit_scans": ITEMS}
+    status, answer, pool_calls = _exit_while_a_change_holds_the_floor(client, monkeypatch, body)
+    assert status == 200, answer
+    assert answer["room_released"] is True
+    assert pool_calls == []
+    rooms = {r["room_id"]: r["session_id"] for r in client.get("/rooms/status").json()["rooms"]}
+    assert rooms[occupant["room_id"]] is None
+
+
+def test_an_unknown_session_checked_while_the_floor_is_held_is_still_only_analysed(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+):
+    before = floor(client)
+    status, answer, pool_calls = _exit_while_a_change_holds_the_floor(client, monkeypatch, README_ANOMALY_BODY)
+    assert status == 200, answer
+    assert answer["room_released"] is False
+    assert answer["missing_items"] == ["sku-0015"]
+    assert pool_calls == []
+    assert floor(client) == before
