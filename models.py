@@ -73,6 +73,11 @@ __all__ = [
 QUANTILE_LEVELS: tuple[float, ...] = tuple(round(i / 100, 2) for i in range(1, 100))
 _Z_LEVELS = np.array([NormalDist().inv_cdf(p) for p in QUANTILE_LEVELS])
 _Z_LEVELS.flags.writeable = False
+# _z_from_grid's tie-break added to a grid of len(QUANTILE_LEVELS) values, computed once.
+_TIES = np.arange(len(QUANTILE_LEVELS)) * 1e-12
+_TIES.flags.writeable = False
+# _Z_LEVELS at the grid points _z_from_grid extrapolates from (1%, 5%, 95%, 99%), as Python floats.
+_Z_FIRST, _Z_FIFTH, _Z_FIFTH_LAST, _Z_LAST = (float(_Z_LEVELS[i]) for i in (0, 4, -5, -1))
 MIN_DURATION = 0.1  # minutes; shorter (or zero) durations are floored before taking logs
 MIN_LEVEL, MAX_LEVEL = 0.5, 0.99
 _Z_CLIP = 8.0  # normal scores beyond +-8 carry no extra meaning and would overflow p-values
@@ -255,7 +260,7 @@ class DurationPredictor(_Persistent):
             raise InvalidRequestError(f"interval level must be between {MIN_LEVEL} and {MAX_LEVEL}, got {level}")
         x, unknown = self.builder_.row(item_ids, entry_time, catalog)
         # Both models in one fast-path pass; the same numbers as their predict().
-        center, raw_scale = (float(v) for v in self._fast_path().predict(x))
+        center, raw_scale = self._fast_path().predict(x).tolist()
         scale = max(raw_scale, self.scale_floor_)
         median = math.exp(center)
         low = math.exp(center + scale * self._residual_quantile((1.0 - level) / 2.0))
@@ -389,6 +394,7 @@ _Z, _Z_ROBUST, _N_MISSING, _N_UNEXPECTED, _N_SWAPS = 0, 1, 2, 3, 4
 _N_ITEMS, _MISSING_RANK, _HOUR = 8, 9, 10
 _BEHAVIOUR = (_Z_ROBUST, _N_ITEMS)  # what the IsolationForest sees
 _IQR_Z = 2.0 * NormalDist().inv_cdf(0.75)  # width of the central 50% of a standard normal
+_IQR_COLUMNS = tuple(QUANTILE_LEVELS.index(p) for p in (0.25, 0.5, 0.75))  # lower, median, upper quartile
 RISK_LEVELS = ("low", "medium", "high")
 # Up to this many rows (a request's), scores come from the fast path; larger batches (training, evaluation)
 # from scikit-learn's multithreaded predict. Both give the same numbers.
@@ -496,15 +502,15 @@ class AnomalyDetector(_Persistent):
     ) -> AnomalyResult:
         """Verdict, score and reasons for a finished session of `duration` minutes that began at `entry_time`."""
         evidence = collect_evidence(entry_scans, exit_scans, catalog)
-        log_y = np.array([math.log(max(duration, MIN_DURATION))])
-        log_grid = np.log(np.asarray(estimate.quantiles, dtype=float))[None, :]
+        z, z_robust = _duration_scores(math.log(max(duration, MIN_DURATION)), estimate.quantiles)
         # getattr: a wrapped or fast-path predictor may not carry the time zone; UTC is the default.
-        hour = np.array([_local_hour(entry_time, getattr(predictor, "timezone", "UTC"))])
-        features = _feature_rows(log_y, log_grid, np.array([_evidence_columns(evidence)]), hour)
-        score = float(self.score(features)[0])
+        hour = _local_hour(entry_time, getattr(predictor, "timezone", "UTC"))
+        # One row of DETECTOR_FEATURES as Python floats: the same numbers as _feature_rows, without 2-D arrays.
+        features = [z, z_robust, *map(float, _evidence_columns(evidence)), hour]
+        score = self._score_one(features)
         is_anomaly = bool(score >= self.threshold_)
         reasons = evidence_reasons(evidence, self.currency)
-        reasons += self._behaviour_reasons(features[0], duration, estimate, is_anomaly and not reasons)
+        reasons += self._behaviour_reasons(features, duration, estimate, is_anomaly and not reasons)
         return AnomalyResult(
             is_anomaly=is_anomaly,
             anomaly_score=score,
@@ -521,7 +527,7 @@ class AnomalyDetector(_Persistent):
             return self._score_from_suspicion(surprisal.sum(axis=1))
         inputs = np.column_stack((features, surprisal))
         if len(inputs) <= _FAST_PATH_ROWS:
-            return np.asarray(self._fast_path()[1].predict_proba(inputs)[:, 1])
+            return np.asarray(self._fast_path().classifier.predict_proba(inputs)[:, 1])
         return self.classifier_.predict_proba(inputs)[:, 1]
 
     @staticmethod
@@ -540,7 +546,7 @@ class AnomalyDetector(_Persistent):
     def _isolation_raw(self, features: np.ndarray) -> np.ndarray:
         """IsolationForest abnormality of the behaviour columns; higher is more abnormal."""
         if len(features) <= _FAST_PATH_ROWS:
-            return -np.asarray(self._fast_path()[0].score_samples(features[:, _BEHAVIOUR]))
+            return -np.asarray(self._fast_path().isolation.score_samples(features[:, _BEHAVIOUR]))
         return -self.isolation_.score_samples(features[:, _BEHAVIOUR])
 
     def _surprisals(self, features: np.ndarray) -> np.ndarray:
@@ -597,7 +603,7 @@ class AnomalyDetector(_Persistent):
         )
 
     def _behaviour_reasons(
-        self, features: np.ndarray, duration: float, estimate: DurationEstimate, need_one: bool
+        self, features: Sequence[float], duration: float, estimate: DurationEstimate, need_one: bool
     ) -> list[Reason]:
         """Overstay / unusual-behaviour reasons; `need_one` forces a reason for a flagged session."""
         quantile = float(ndtr(features[_Z]))
@@ -625,9 +631,64 @@ class AnomalyDetector(_Persistent):
     def _expected_schema(self) -> dict[str, Any]:
         return {"detector_features": list(DETECTOR_FEATURES)}
 
-    def _compile(self) -> tuple[FastIsolationForest, FastClassifier | None]:
+    def _compile(self) -> _DetectorTwin:
         classifier = getattr(self, "classifier_", None)
-        return FastIsolationForest(self.isolation_), FastClassifier(classifier) if classifier is not None else None
+        reference = getattr(self, "suspicion_reference_", None)  # absent while fit() is still running
+        return _DetectorTwin(
+            isolation=FastIsolationForest(self.isolation_),
+            classifier=FastClassifier(classifier) if classifier is not None else None,
+            suspicion_levels=np.linspace(0.0, 1.0, len(reference)) if reference is not None else None,
+        )
+
+    def _score_one(self, features: list[float]) -> float:
+        """score() of one row of DETECTOR_FEATURES given as floats; the same number, a few numpy calls."""
+        fast: _DetectorTwin = self._fast_path()
+        surprisal = self._surprisals_one(features, fast.isolation)
+        if fast.classifier is None:
+            # np.add.reduce over the four values, as surprisal.sum(axis=1) adds a row (not Python's sum).
+            return self._score_from_suspicion_one(float(np.add.reduce(np.array(surprisal))), fast.suspicion_levels)
+        return fast.classifier.positive_proba_one(np.array(features + surprisal))
+
+    def _surprisals_one(self, features: list[float], isolation: FastIsolationForest) -> list[float]:
+        """_surprisals of one row as floats (the same numbers: same operations, numpy for logs and powers)."""
+        z_robust, n_items = features[_Z_ROBUST], features[_N_ITEMS]
+        n_missing, n_swaps = features[_N_MISSING], features[_N_SWAPS]
+        reference = self.isolation_reference_
+        abnormality = -isolation.score_one(np.array((z_robust, n_items)))
+        exceed = len(reference) - int(np.searchsorted(reference, abnormality, side="left"))
+        p_isolation = (1.0 + exceed) / (1.0 + len(reference))
+        p_overstay = max(float(ndtr(-z_robust)), 1e-300)
+        code = min(int(n_missing), 2) * 6 + min(int(features[_N_UNEXPECTED]), 2) * 2 + (n_swaps > 0)
+        p_pattern = self.pattern_share_.get(_PATTERNS[code], 1.0 / (1.0 + self.pattern_share_["n"]))
+        n = max(n_items, 1.0)
+        rank = features[_MISSING_RANK] * (n_missing > 0) * (n > 1)
+        p_rank = 1.0 - rank * (n - 1.0) / n
+        surprisal: list[float] = (-np.log10(np.array((p_pattern, p_rank, p_overstay, p_isolation)))).tolist()
+        surprisal[0] += self.swap_weight * (n_swaps > 0)
+        return surprisal
+
+    def _score_from_suspicion_one(self, suspicion: float, levels: np.ndarray | None) -> float:
+        """_score_from_suspicion of one value, with the interpolation levels compiled once."""
+        grid = self.suspicion_reference_
+        if levels is None or len(levels) != len(grid):
+            levels = np.linspace(0.0, 1.0, len(grid))
+        inside = float(np.interp(suspicion, grid, levels))
+        top, bottom = float(grid[-1]), float(grid[0])
+        # np.exp of a one-value array, as the block version applies it (a scalar exp may differ in the last bit).
+        if suspicion > top:
+            inside = 1.0 - 1e-3 * float(np.exp(np.array([-(suspicion - top)]))[0])
+        elif suspicion < bottom:
+            inside = 1e-3 * float(np.exp(np.array([suspicion - bottom]))[0])
+        return min(max(inside, 0.0), 1.0)
+
+
+@dataclass(frozen=True)
+class _DetectorTwin:
+    """The detector's fast path: its compiled trees and what per-request scoring precomputes once."""
+
+    isolation: FastIsolationForest
+    classifier: FastClassifier | None
+    suspicion_levels: np.ndarray | None  # np.linspace(0, 1) over suspicion_reference_ (None during fit)
 
 
 def _cross_fitted(
@@ -681,7 +742,8 @@ def _single_threaded(task: Callable[[], T]) -> T:
 
 def _local_hour(entry_time: datetime | None, timezone: str) -> float:
     """Store-local hour of day with minutes as a fraction; NaN when the entry time is unknown."""
-    if entry_time is None or pd.isna(entry_time):
+    # A plain datetime is never missing: pd.isna is only asked about anything else (None, NaT, ...).
+    if type(entry_time) is not datetime and (entry_time is None or pd.isna(entry_time)):
         return math.nan
     if entry_time.tzinfo is not None:
         entry_time = entry_time.astimezone(ZoneInfo(timezone))
@@ -727,7 +789,7 @@ def _evidence_block(
 def _feature_rows(log_y: np.ndarray, log_grid: np.ndarray, evidence: np.ndarray, hours: np.ndarray) -> np.ndarray:
     """DETECTOR_FEATURES given log minutes, log quantile grids, evidence blocks (_evidence_columns) and entry hours."""
     z = _z_from_grid(log_y, log_grid)
-    lower, median, upper = (QUANTILE_LEVELS.index(p) for p in (0.25, 0.5, 0.75))
+    lower, median, upper = _IQR_COLUMNS
     spread = np.maximum(log_grid[:, upper] - log_grid[:, lower], 1e-9) / _IQR_Z
     z_robust = np.clip((log_y - log_grid[:, median]) / spread, -_Z_CLIP, _Z_CLIP)
     rows = np.empty((len(log_y), len(DETECTOR_FEATURES)))
@@ -798,6 +860,29 @@ def _z_from_grid(log_value: np.ndarray, log_grid: np.ndarray) -> np.ndarray:
         else:
             out[i] = np.interp(value, strict, _Z_LEVELS)
     return np.clip(out, -_Z_CLIP, _Z_CLIP)
+
+
+def _duration_scores(log_value: float, quantiles: Sequence[float]) -> tuple[float, float]:
+    """(duration_z, duration_z_robust) of one session: _feature_rows' first columns, on floats instead of 2-D arrays.
+
+    The same operations in the same order: numpy for the logs and the interpolation, Python floats (the same
+    IEEE arithmetic) for the rest.
+    """
+    log_grid = np.log(np.asarray(quantiles, dtype=float))
+    strict = log_grid + (_TIES if len(log_grid) == len(_TIES) else np.arange(len(log_grid)) * 1e-12)
+    first, last = strict.item(0), strict.item(-1)
+    if log_value < first:
+        slope = (_Z_FIFTH - _Z_FIRST) / max(strict.item(4) - first, 1e-9)
+        z = _Z_FIRST - slope * (first - log_value)
+    elif log_value > last:
+        slope = (_Z_LAST - _Z_FIFTH_LAST) / max(last - strict.item(-5), 1e-9)
+        z = _Z_LAST + slope * (log_value - last)
+    else:
+        z = float(np.interp(log_value, strict, _Z_LEVELS))
+    lower, median, upper = (log_grid.item(i) for i in _IQR_COLUMNS)
+    spread = max(upper - lower, 1e-9) / _IQR_Z
+    z_robust = (log_value - median) / spread
+    return min(max(z, -_Z_CLIP), _Z_CLIP), min(max(z_robust, -_Z_CLIP), _Z_CLIP)
 
 
 def _reference_grid(values: np.ndarray, points: int = 1001) -> np.ndarray:

@@ -9,14 +9,13 @@ on the expensive garment).
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import chain
 
 import numpy as np
 
-from fitting_room.catalog import Catalog, normalize_item_id
+from fitting_room.catalog import Catalog, Item, normalize_item_id
 
 
 @dataclass(frozen=True)
@@ -100,15 +99,32 @@ class Evidence:
 
 def collect_evidence(entry_scans: Sequence[str], exit_scans: Sequence[str], catalog: Catalog) -> Evidence:
     """Missing items, unexpected items and probable tag swaps of a finished session."""
-    missing_ids = _multiset_difference(entry_scans, exit_scans)
-    unexpected_ids = _multiset_difference(exit_scans, entry_scans)
-    missing = tuple(_describe(raw, catalog) for raw in missing_ids)
-    unexpected = tuple(_describe(raw, catalog) for raw in unexpected_ids)
+    # This runs once per exit check. The usual exit (the very tags scanned in) has nothing to match; otherwise
+    # each id is normalised once and each distinct id looked up once.
+    typical_price = catalog.typical_item.price
+    if list(entry_scans) == list(exit_scans):
+        prices = tuple(typical_price if (item := catalog.lookup(raw)) is None else item.price for raw in entry_scans)
+        return Evidence(missing=(), unexpected=(), swaps=(), taken_in_prices=prices)
+    entry_keys = [normalize_item_id(raw) for raw in entry_scans]
+    exit_keys = [normalize_item_id(raw) for raw in exit_scans]
+    found: dict[str, Item | None] = {}
+    for raw, key in zip(entry_scans, entry_keys, strict=True):
+        if key not in found:
+            found[key] = catalog.lookup(raw)
+    taken_in_prices = tuple(typical_price if (item := found[key]) is None else item.price for key in entry_keys)
+    missing = tuple(
+        _described(entry_scans[i], found[entry_keys[i]], catalog) for i in _unmatched(entry_keys, exit_keys)
+    )
+    unexpected_at = _unmatched(exit_keys, entry_keys)
+    for i in unexpected_at:
+        if exit_keys[i] not in found:
+            found[exit_keys[i]] = catalog.lookup(exit_scans[i])
+    unexpected = tuple(_described(exit_scans[i], found[exit_keys[i]], catalog) for i in unexpected_at)
     return Evidence(
         missing=missing,
         unexpected=unexpected,
         swaps=_match_swaps(missing, unexpected),
-        taken_in_prices=tuple(_describe(raw, catalog).price for raw in entry_scans),
+        taken_in_prices=taken_in_prices,
     )
 
 
@@ -157,22 +173,23 @@ def evidence_reasons(evidence: Evidence, currency: str = "€") -> list[Reason]:
     return reasons
 
 
-def _multiset_difference(left: Sequence[str], right: Sequence[str]) -> list[str]:
-    """Ids of `left` (first spelling, in order) not matched by an occurrence in `right`."""
-    available = Counter(normalize_item_id(raw) for raw in right)
-    leftover: list[str] = []
-    for raw in left:
-        key = normalize_item_id(raw)
-        if available[key] > 0:
-            available[key] -= 1
+def _unmatched(keys: Sequence[str], other_keys: Sequence[str]) -> list[int]:
+    """Positions in `keys` left over once each of `other_keys` has matched the earliest unmatched equal key."""
+    available: dict[str, int] = {}
+    for key in other_keys:
+        available[key] = available.get(key, 0) + 1
+    leftover: list[int] = []
+    for i, key in enumerate(keys):
+        count = available.get(key, 0)
+        if count:
+            available[key] = count - 1
         else:
-            leftover.append(raw)
+            leftover.append(i)
     return leftover
 
 
-def _describe(raw: str, catalog: Catalog) -> EvidenceItem:
-    """EvidenceItem for a raw id; unknown ids are valued at the typical item's price."""
-    item = catalog.lookup(raw)
+def _described(raw: str, item: Item | None, catalog: Catalog) -> EvidenceItem:
+    """EvidenceItem for a raw id already looked up (`item` None when the catalogue lacks it)."""
     if item is None:
         return EvidenceItem(raw.strip(), None, catalog.typical_item.price, known=False)
     return EvidenceItem(item.item_id, item.category, item.price, known=True)

@@ -1,9 +1,19 @@
 """Hard evidence rules and the reasons a floor manager reads."""
 
 import random
+from collections import Counter
+from collections.abc import Sequence
 
-from fitting_room.catalog import Catalog
-from fitting_room.evidence import Reason, collect_evidence, evidence_reasons, sessions_with_evidence
+from fitting_room.catalog import Catalog, normalize_item_id
+from fitting_room.evidence import (
+    Evidence,
+    EvidenceItem,
+    Reason,
+    _match_swaps,
+    collect_evidence,
+    evidence_reasons,
+    sessions_with_evidence,
+)
 
 CATALOG = Catalog.from_mapping(
     {
@@ -115,6 +125,51 @@ def test_sessions_with_evidence_matches_collect_evidence() -> None:
     expected = [collect_evidence(e, x, CATALOG).has_evidence for e, x in pairs]
     assert mask.tolist() == expected
     assert 0 < sum(expected) < len(pairs)  # both kinds are exercised
+
+
+def _reference_evidence(entry: Sequence[str], exit_: Sequence[str], catalog: Catalog) -> Evidence:
+    """collect_evidence by its definition: a multiset difference each way, every scan looked up on its own."""
+
+    def leftover(left: Sequence[str], right: Sequence[str]) -> list[str]:
+        available = Counter(normalize_item_id(raw) for raw in right)
+        out = []
+        for raw in left:
+            if available[normalize_item_id(raw)] > 0:
+                available[normalize_item_id(raw)] -= 1
+            else:
+                out.append(raw)
+        return out
+
+    def describe(raw: str) -> EvidenceItem:
+        item = catalog.lookup(raw)
+        if item is None:
+            return EvidenceItem(raw.strip(), None, catalog.typical_item.price, known=False)
+        return EvidenceItem(item.item_id, item.category, item.price, known=True)
+
+    missing = tuple(describe(raw) for raw in leftover(entry, exit_))
+    unexpected = tuple(describe(raw) for raw in leftover(exit_, entry))
+    return Evidence(missing, unexpected, _match_swaps(missing, unexpected), tuple(describe(r).price for r in entry))
+
+
+def test_collect_evidence_equals_its_definition() -> None:
+    # collect_evidence normalises each id once and looks each distinct id up once; the result must not change.
+    rng = random.Random(5)
+    pairs = [_random_scans(rng) for _ in range(3000)]
+    pairs += [(["Dress-XL", "dress-xl "], ["Dress-S"]), (["Cap", "Cap"], ["Cap", "Cap"]), ([], [])]
+    for entry, exit_ in pairs:
+        evidence = collect_evidence(entry, exit_, CATALOG)
+        expected = _reference_evidence(entry, exit_, CATALOG)
+        assert evidence == expected, (entry, exit_)
+        assert evidence_reasons(evidence) == evidence_reasons(expected), (entry, exit_)
+
+
+def test_a_swap_explains_one_of_two_equal_missing_items() -> None:
+    # Two tags of one SKU missing, one probably swapped: the other is still reported missing.
+    evidence = collect_evidence(["Dress-XL", " dress-xl"], ["Dress-S"], CATALOG)
+    assert [m.item_id for m in evidence.missing] == ["Dress-XL", "Dress-XL"]
+    assert evidence.missing[0] is not evidence.missing[1]
+    assert [r.code for r in evidence_reasons(evidence)] == ["tag_swap", "missing_items"]
+    assert evidence_reasons(evidence)[1].message == "1 item not scanned out: Dress-XL (€129.00)"
 
 
 def test_sessions_with_evidence_of_no_sessions() -> None:

@@ -19,6 +19,8 @@ from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostin
 from threadpoolctl import threadpool_limits
 
 from fitting_room.fastpath import (
+    CellGrid,
+    CompiledTrees,
     FastClassifier,
     FastIsolationForest,
     FastRegressor,
@@ -26,11 +28,14 @@ from fitting_room.fastpath import (
     LeafMasks,
     LevelWalk,
     Strategy,
+    TreeArrays,
+    compile_trees,
     float32_upper_bounds,
 )
 
 RTOL = 1e-9  # the issue's bar; in practice the outputs are bit-identical
-STRATEGIES = ("walk", "masks")
+STRATEGIES = ("walk", "masks", "grid")
+TOO_BIG_FOR_GRID = {"three_class"}  # its cell tables would exceed the size limit (tested below)
 N_FEATURES = 6
 
 
@@ -220,8 +225,20 @@ def _per_tree_values(
     )
 
 
-def _n_boosted_trees(model: HistGradientBoostingRegressor | HistGradientBoostingClassifier) -> int:
-    return sum(len(iteration) for iteration in model._predictors)
+def _boosted_columns(model: HistGradientBoostingRegressor | HistGradientBoostingClassifier) -> list[int]:
+    """Compiled position of each boosted tree, in _per_tree_values' order (iteration-major).
+
+    A model compiled alone: output by output, each its baseline then its trees in iteration order.
+    """
+    per_output = 1 + len(model._predictors)
+    return [k * per_output + 1 + it for it, iteration in enumerate(model._predictors) for k in range(len(iteration))]
+
+
+def _assert_one_row_path_agrees(trees: CompiledTrees, points: np.ndarray) -> None:
+    """The one-row path (a request's) reaches the same leaf, with the same value, as the block path."""
+    for row, leaves in zip(points, trees.leaves(points), strict=True):
+        np.testing.assert_array_equal(trees.leaves(row), leaves)
+        np.testing.assert_array_equal(trees.leaf_values(row), trees.value[leaves])
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -245,37 +262,45 @@ def test_regressor_reaches_every_leaf_with_sklearns_values(regressors, name, str
     model = regressors[name]
     fast = FastRegressor.from_sklearn(model, strategy)
     points = _hist_tree_points(model)
-    n_trees = _n_boosted_trees(model)
-    # Compiled trees: the baseline first, the boosted trees, then one zero-valued padding tree.
-    leaves = fast.trees.leaves(points)[:, 1 : 1 + n_trees]
+    columns = _boosted_columns(model)
+    leaves = fast.trees.leaves(points)[:, columns]
     np.testing.assert_array_equal(fast.trees.value[leaves], _per_tree_values(model, points))
-    reached = fast.apply(points)[:, 1 : 1 + n_trees]
+    reached = fast.apply(points)[:, columns]
     for t, predictor in enumerate(p for iteration in model._predictors for p in iteration):
         assert set(np.flatnonzero(predictor.nodes["is_leaf"])) == set(reached[:, t]), f"tree {t}"
     np.testing.assert_allclose(fast.predict(points), model.predict(points), rtol=RTOL, atol=0)
+    np.testing.assert_allclose([fast.predict_one(row) for row in points], model.predict(points), rtol=RTOL, atol=0)
+    _assert_one_row_path_agrees(fast.trees, points)
 
 
 @pytest.mark.parametrize("strategy", STRATEGIES)
 @pytest.mark.parametrize("name", ["binary_nan", "three_class"])
 def test_classifier_equals_sklearn(classifiers, name, strategy):
     model = classifiers[name]
+    if strategy == "grid" and name in TOO_BIG_FOR_GRID:
+        with pytest.raises(ValueError, match="cell tables would take"):
+            FastClassifier.from_sklearn(model, strategy)
+        return
     fast = FastClassifier.from_sklearn(model, strategy)
     x = np.vstack((_edge_rows(N_FEATURES), _hist_tree_points(model)))
     np.testing.assert_allclose(fast.predict_proba(x), model.predict_proba(x), rtol=RTOL, atol=0)
     np.testing.assert_allclose(fast.decision_function(x), model.decision_function(x), rtol=RTOL, atol=0)
-    leaves = fast.trees.leaves(x)[:, model.n_trees_per_iteration_ : -1]
+    leaves = fast.trees.leaves(x)[:, _boosted_columns(model)]
     np.testing.assert_array_equal(fast.trees.value[leaves], _per_tree_values(model, x))
     if name == "binary_nan":
         expected = model.predict_proba(x)[:, 1]
         np.testing.assert_allclose([fast.positive_proba_one(row) for row in x], expected, rtol=RTOL, atol=0)
 
 
-def test_classifier_reaches_every_leaf(classifiers):
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_classifier_reaches_every_leaf(classifiers, strategy):
     model = classifiers["binary_nan"]
-    fast = FastClassifier.from_sklearn(model)
-    reached = fast.apply(_hist_tree_points(model))[:, 1:-1]
+    fast = FastClassifier.from_sklearn(model, strategy)
+    points = _hist_tree_points(model)
+    reached = fast.apply(points)[:, _boosted_columns(model)]
     for t, predictor in enumerate(p for iteration in model._predictors for p in iteration):
         assert set(np.flatnonzero(predictor.nodes["is_leaf"])) == set(reached[:, t]), f"tree {t}"
+    _assert_one_row_path_agrees(fast.trees, points)
 
 
 def test_regressors_in_one_pass_equal_each_model(regressors):
@@ -292,7 +317,12 @@ def test_regressors_in_one_pass_equal_each_model(regressors):
 
 
 def _forest_strategies(name: str) -> list[Strategy]:
-    return ["walk", "masks"] if name == "small_trees" else ["walk"]  # masks hold trees of <= 64 leaves
+    strategies: list[Strategy] = ["walk"]
+    if name == "small_trees":  # masks hold trees of <= 64 leaves
+        strategies.append("masks")
+    if name != "nan":  # six features in every tree: far too many cells
+        strategies.append("grid")
+    return strategies
 
 
 @pytest.mark.parametrize("name", ["two_features", "nan", "feature_subsets", "small_trees"])
@@ -326,7 +356,10 @@ def test_isolation_forest_reaches_every_leaf_as_sklearn(forests, name):
         np.testing.assert_array_equal(fast.apply(points), expected)
         for t, estimator in enumerate(model.estimators_):
             assert set(np.flatnonzero(estimator.tree_.children_left < 0)) == set(expected[:, t]), f"tree {t}"
-        np.testing.assert_allclose(fast.score_samples(points), model.score_samples(points), rtol=RTOL, atol=0)
+        expected_scores = model.score_samples(points)
+        np.testing.assert_allclose(fast.score_samples(points), expected_scores, rtol=RTOL, atol=0)
+        np.testing.assert_allclose([fast.score_one(row) for row in points], expected_scores, rtol=RTOL, atol=0)
+        _assert_one_row_path_agrees(fast.trees, points)
 
 
 def test_float32_upper_bounds_match_float32_rounding():
@@ -355,11 +388,44 @@ def test_float32_upper_bounds_match_float32_rounding():
 # Choice of strategy, inputs, concurrency
 
 
-def test_auto_strategy_picks_masks_for_boosting_and_walk_for_large_trees(regressors, forests):
-    assert isinstance(FastRegressor(regressors["absolute_error_nan"]).trees, LeafMasks)
-    assert isinstance(FastIsolationForest(forests["two_features"]).trees, LevelWalk)
+def test_auto_strategy_picks_by_cost_and_size(regressors, classifiers, forests):
+    # Cell tables whenever they stay small: the detector's two-feature forest, small boosting models.
+    assert isinstance(FastIsolationForest(forests["two_features"]).trees, CellGrid)
+    assert isinstance(FastRegressor(regressors["absolute_error_nan"]).trees, CellGrid)
+    # Too many cells: leaf masks for boosting (<= 64 leaves), the level walk for large trees.
+    assert isinstance(FastClassifier(classifiers["three_class"]).trees, LeafMasks)
+    assert isinstance(FastIsolationForest(forests["nan"]).trees, LevelWalk)
     with pytest.raises(ValueError, match="leaf masks hold 64"):
         FastIsolationForest(forests["two_features"], strategy="masks")
+    with pytest.raises(ValueError, match="cell tables would take"):
+        FastIsolationForest(forests["nan"], strategy="grid")
+
+
+def test_strategies_agree_on_boundary_thresholds_and_single_leaf_trees():
+    # Hand-made trees: a split at +inf (only NaN can go right), at -0.0 (0.0 goes left: 0.0 <= -0.0), a
+    # NaN-left split, and single-leaf trees; every strategy must send every awkward value the same way.
+    def split(feature: int, threshold: float, nan_left: bool, low: float, high: float) -> TreeArrays:
+        return TreeArrays(
+            left=np.array([1, -1, -1]),
+            right=np.array([2, -1, -1]),
+            feature=np.array([feature, 0, 0]),
+            threshold=np.array([threshold, np.inf, np.inf]),
+            missing_go_to_left=np.array([nan_left, True, True]),
+            value=np.array([0.0, low, high]),
+        )
+
+    leaf = TreeArrays(*(np.array([v]) for v in (-1, -1, 0, np.inf, True, 2.5)))
+    trees = [split(0, np.inf, False, 1.0, 2.0), split(1, -0.0, True, 3.0, 4.0), leaf, split(1, 1e300, False, 5.0, 6.0)]
+    values = [np.nan, np.inf, -np.inf, 0.0, -0.0, 1e300, np.nextafter(1e300, np.inf), 5e-324, -5e-324]
+    x = np.array([(a, b) for a in values for b in values])
+    expected = compile_trees(trees, "walk").leaves(x)
+    for strategy in ("masks", "grid"):
+        compiled = compile_trees(trees, strategy)
+        np.testing.assert_array_equal(compiled.value[compiled.leaves(x)], LevelWalk.build(trees).value[expected])
+        _assert_one_row_path_agrees(compiled, x)
+    only_leaves = compile_trees([leaf, leaf], "grid")
+    assert only_leaves.leaf_values(np.array([np.nan])).tolist() == [2.5, 2.5]
+    np.testing.assert_array_equal(only_leaves.value[only_leaves.leaves(x[:, :1])], np.full((len(x), 2), 2.5))
 
 
 def test_refuses_what_it_cannot_reproduce(regressors):
@@ -382,7 +448,10 @@ def test_compiled_arrays_are_read_only_and_concurrent_calls_agree(regressors, fo
     fast = FastRegressor(regressors["absolute_error_nan"])
     forest = FastIsolationForest(forests["two_features"])
     assert not fast.trees.value.flags.writeable
-    assert not forest.trees.threshold.flags.writeable
+    assert isinstance(forest.trees, CellGrid)
+    assert not forest.trees.offsets.flags.writeable
+    assert not forest.trees.cell_value.flags.writeable
+    assert not any(b.flags.writeable for b in forest.trees.bound_arrays)
     x = _edge_rows(N_FEATURES)
     x2 = _edge_rows(2)
     expected = fast.predict(x)

@@ -1,6 +1,7 @@
 """DurationPredictor and AnomalyDetector on synthetic data with a known process; save/load checks."""
 
 import itertools
+import math
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,6 +22,7 @@ from models import (
     AnomalyDetector,
     DurationEstimate,
     DurationPredictor,
+    _duration_scores,
     _evidence_columns,
     _feature_rows,
     _local_hour,
@@ -258,6 +260,48 @@ def test_entry_hour_reaches_the_classifier_the_same_way_from_history_and_analyse
         as_utc = row["entry_time"].to_pydatetime().astimezone(UTC)
         assert detector.analyse(**kwargs, entry_time=as_utc).anomaly_score == pytest.approx(score, abs=1e-6)
         assert 0.0 <= detector.analyse(**kwargs).anomaly_score <= 1.0  # the hour is optional
+
+
+@pytest.mark.parametrize("use_labels", [True, False])
+def test_analyse_scores_exactly_as_the_block_path(anomalous: tuple, use_labels: bool) -> None:
+    # analyse() computes one row with Python floats and one-row fast paths; score() takes rows of
+    # _feature_rows. Both must give the same numbers, bit for bit, or per-request verdicts would drift.
+    predictor, sessions, _, catalog = anomalous
+    detector = AnomalyDetector(cv_folds=3, use_labels=use_labels).fit(sessions.iloc[:2500], catalog, predictor)
+    assert detector.supervised_ is use_labels
+    held_out = sessions.iloc[2500:2650]
+    cases = [
+        (row["entry_scans"], row["exit_scans"], row["duration"], row["entry_time"].to_pydatetime())
+        for _, row in held_out.iterrows()
+    ]
+    first = cases[0]
+    cases += [
+        (first[0], first[1], 0.0, None),  # below the grid, unknown entry hour (NaN for the classifier)
+        (first[0], first[1], 1e5, first[3]),  # far above the grid
+        (first[0], [], 30.0, first[3]),  # everything missing
+        ([], ["unknown-1"], 5.0, first[3]),  # nothing taken in, an unknown id out
+        (first[0], [f" {i.upper()} " for i in reversed(first[0])], 12.0, first[3]),  # spelling and order only
+    ]
+    for entry, exit_, duration, when in cases:
+        estimate = predictor.estimate(entry, when or first[3], catalog)
+        result = detector.analyse(
+            entry_scans=entry,
+            exit_scans=exit_,
+            duration=duration,
+            estimate=estimate,
+            catalog=catalog,
+            predictor=predictor,
+            entry_time=when,
+        )
+        log_y = np.array([math.log(max(duration, 0.1))])
+        log_grid = np.log(np.array(estimate.quantiles))[None, :]
+        evidence = np.array([_evidence_columns(collect_evidence(entry, exit_, catalog))])
+        row = _feature_rows(log_y, log_grid, evidence, np.array([_local_hour(when, predictor.timezone)]))
+        assert _duration_scores(float(log_y[0]), estimate.quantiles) == tuple(row[0, :2].tolist())
+        assert result.anomaly_score == detector.score(row)[0]
+        assert detector._surprisals_one(row[0].tolist(), detector._fast_path().isolation) == (
+            detector._surprisals(row)[0].tolist()
+        )
 
 
 def test_session_features_equal_the_per_session_definitions(anomalous: tuple) -> None:
