@@ -343,6 +343,23 @@ def self_validated(model: type[BaseModel], *, idempotent: bool = False) -> dict[
     return operation
 
 
+def post_self_validated(
+    app: FastAPI, path: str, response: type[BaseModel], body: type[BaseModel], *, idempotent: bool = False
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """`app.post` for a route that checks its key and validates its body itself, documented as a declared one."""
+    extra = self_validated(body, idempotent=idempotent)
+    return app.post(path, response_model=response, responses=ERRORS, openapi_extra=extra)
+
+
+async def change_request(
+    request: Request, role: Role, action: str, model: type[B]
+) -> tuple[StoreContext, str | None, B]:
+    """The caller's store (its key checked for `role`), the Idempotency-Key and the body of a change route."""
+    store = caller_store(request, role, action)
+    key = idempotency_key(request)
+    return store, key, await json_body(request, model)
+
+
 def idempotency_key(request: Request) -> str | None:
     """The request's Idempotency-Key (1-200 characters), None without one; 422 as for a declared header."""
     key = request.headers.get(IDEMPOTENCY_HEADER)
@@ -503,12 +520,7 @@ def _add_routes(app: FastAPI) -> None:
             authentication="on" if state.keyring is not None else "off",
         )
 
-    @app.post(
-        "/predict_duration",
-        response_model=PredictDurationResponse,
-        responses=ERRORS,
-        openapi_extra=self_validated(PredictDurationRequest),
-    )
+    @post_self_validated(app, "/predict_duration", PredictDurationResponse, PredictDurationRequest)
     async def predict_duration(request: Request) -> Response:
         """Predict how long a session with these items will take."""
         store = caller_store(request, Role.KIOSK, KIOSK_ACTION)
@@ -517,17 +529,10 @@ def _add_routes(app: FastAPI) -> None:
         entry = event_time(body.entry_time, store.settings)
         return json_response(presenters.prediction_response(store.service.predict(body.item_ids, entry, body.level)))
 
-    @app.post(
-        "/assign_room",
-        response_model=AssignRoomResponse,
-        responses=ERRORS,
-        openapi_extra=self_validated(AssignRoomRequest, idempotent=True),
-    )
+    @post_self_validated(app, "/assign_room", AssignRoomResponse, AssignRoomRequest, idempotent=True)
     async def assign_room(request: Request) -> Any:
         """Assign the best free room, or a durable place on the waitlist."""
-        store = caller_store(request, Role.KIOSK, KIOSK_ACTION)
-        key = idempotency_key(request)
-        body = await json_body(request, AssignRoomRequest)
+        store, key, body = await change_request(request, Role.KIOSK, KIOSK_ACTION, AssignRoomRequest)
         metrics = request.app.state.ctx.metrics
 
         def act() -> AssignRoomResponse:
@@ -568,17 +573,10 @@ def _add_routes(app: FastAPI) -> None:
 
         return await run_change(store, once, store, idempotency_key, request, None, act)
 
-    @app.post(
-        "/detect_anomaly",
-        response_model=DetectAnomalyResponse,
-        responses=ERRORS,
-        openapi_extra=self_validated(DetectAnomalyRequest, idempotent=True),
-    )
+    @post_self_validated(app, "/detect_anomaly", DetectAnomalyResponse, DetectAnomalyRequest, idempotent=True)
     async def detect_anomaly(request: Request) -> Any:
         """Check a finished session; for the session in that room, complete it and free the room."""
-        store = caller_store(request, Role.STAFF, STAFF_ACTION)
-        key = idempotency_key(request)
-        body = await json_body(request, DetectAnomalyRequest)
+        store, key, body = await change_request(request, Role.STAFF, STAFF_ACTION, DetectAnomalyRequest)
         metrics = request.app.state.ctx.metrics
         settings = store.settings
         report = ExitReport(
