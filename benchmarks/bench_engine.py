@@ -5,17 +5,25 @@
 Every room is occupied and n customers wait, so each measured operation meets the full floor. Two layers:
 
 - engine (fitting_room.engine / estimates, in memory): admit a newcomer (joins the line), release a room (its
-  first fitting waiting customer is promoted), cancel a waiting customer, waitlist positions, and the
-  wait-estimate projection (estimates.project, what every waiting answer and /rooms/status run).
+  first fitting waiting customer is promoted), cancel a waiting customer, one customer's waitlist position and
+  wait estimate (what a kiosk's answer needs: estimates.estimate_wait, or the whole projection where only that
+  can tell, as the service does), and the whole-floor reads: every position, and every customer's wait with every
+  room's expected free time (estimates.project, what /rooms/status shows).
 - service on SQLite (FittingRoomService over a fresh database file, instant stand-in models so only the
-  floor is measured): assign (a newcomer joins the line, with their wait estimate), exit (complete and
-  release a known session, promote), cancel, and the floor status.
+  floor is measured): assign (a newcomer joins the line, with their wait estimate), one waiting customer's
+  session read (position and wait), exit (complete and release a known session, promote), cancel, and the floor
+  status.
 
+Whole-floor reads are output-sized: their answer holds a row per customer (and per room), so they cannot cost less
+than n. Their rows show the cost per row of the answer too, and the ratio column compares that per-row cost.
 Operations alternate so the floor keeps its size (release + admit, cancel + admit); each is timed alone and
-the table shows medians. An operation whose single call would exceed --max-call seconds, extrapolated with
+the table shows medians. Reads are made one second later each time, so no answer is served from a memo of the
+same floor and moment. An operation whose single call would exceed --max-call seconds, extrapolated with
 the growth seen between the two previous sizes, is not run at the larger size and is reported as such.
 Target (issue #7): at 10,000 rooms and 10,000 waiting, <= 2x the per-operation cost at 10.
 Writes `engine.md` into the output folder and the README's figures when it has markers.
+
+    .venv/bin/python -m benchmarks.bench_engine --sizes 10 1000 --budget 1 --layers engine   # a quick look
 """
 
 from __future__ import annotations
@@ -38,7 +46,7 @@ from benchmarks._common import RESULTS, fmt_us, machine_line, markdown_table, pu
 from fitting_room import engine
 from fitting_room.catalog import Catalog
 from fitting_room.engine import Floor, Prediction, Room, RoomSpec, Rules, Session, SessionStatus
-from fitting_room.estimates import project
+from fitting_room.estimates import estimate_wait, project
 from fitting_room.service import ExitReport, FittingRoomService
 from fitting_room.store import Store
 
@@ -174,9 +182,16 @@ class EngineOps:
         """Every waiting customer's place in line (a list as long as the line, for the status board)."""
         return self.floor.positions()
 
+    def wait(self, _i: int) -> object:
+        """The newest waiting customer's wait estimate, one second later each call (as a kiosk's poll)."""
+        now = self.tick()
+        one = estimate_wait(self.floor, self.last_new, now, self.rules)
+        # Where no pool model covers the customer (small floors), the service projects the whole floor.
+        return one if one is not None else project(self.floor, now, self.rules).waits[self.last_new]
+
     def project(self, _i: int) -> object:
-        """Wait estimates for the whole line."""
-        return project(self.floor, self.clock, self.rules)
+        """Wait estimates for the whole line and expected free times of every room, one second later each call."""
+        return project(self.floor, self.tick(), self.rules)
 
 
 class ServiceOps:
@@ -231,6 +246,12 @@ class ServiceOps:
         """The newest customer in line leaves it."""
         return self.service.cancel(self.last_new, self.tick())
 
+    def session(self, _i: int) -> object:
+        """The newest waiting customer's session read: position and wait, one second later each call."""
+        view = self.service.session(self.last_new, self.tick())
+        assert view.estimated_wait is not None
+        return view
+
     def status(self, _i: int) -> object:
         """Every room and the waitlist with estimates, one second later each call (so never a memoised view)."""
         return self.service.floor_status(self.tick())
@@ -248,18 +269,28 @@ class Measured:
     skipped: dict[tuple[str, int], str]
 
 
+@dataclass(frozen=True)
+class Op:
+    """A measured operation: its name, the calls of one round ([op, refill op...] keep the floor's size), and for
+    output-sized reads the number of rows its answer has on a floor of n rooms and n waiting."""
+
+    name: str
+    steps: Sequence[str]
+    rows: Callable[[int], int] | None = None
+
+
 def measure(
     layer: str,
     make: Callable[[int], Any],
-    plan: Sequence[tuple[str, Sequence[str]]],
+    plan: Sequence[Op],
     sizes: Sequence[int],
     args: argparse.Namespace,
 ) -> Measured:
-    """Time every operation of `plan` at every size: (name, [op, refill op...]) pairs keep the floor's size."""
+    """Time every operation of `plan` at every size."""
     result = Measured({}, {})
     for n in sizes:
         ops = make(n)
-        for name, steps in plan:
+        for name, steps, _rows in ((op.name, op.steps, op.rows) for op in plan):
             expected_s = _extrapolate(sorted((m, t) for (op, m), t in result.figures.items() if op == name), n)
             if expected_s > args.max_call:
                 result.skipped[(name, n)] = f"not run (~{expected_s:,.0f} s per call extrapolated)"
@@ -297,40 +328,52 @@ def _extrapolate(measured: Sequence[tuple[int, float]], n: int) -> float:
     return t * (n / m) ** power / 1e6
 
 
-def table(title: str, measured: Measured, plan: Sequence[tuple[str, Sequence[str]]], sizes: Sequence[int]) -> str:
-    """Markdown: one row per operation, one column per size, and the ratio of the largest to the smallest."""
+def table(title: str, measured: Measured, plan: Sequence[Op], sizes: Sequence[int]) -> str:
+    """Markdown: one row per operation, one column per size, and the ratio of the largest to the smallest.
+
+    Output-sized reads show their cost per row of the answer too, and their ratio is of that per-row cost.
+    """
     rows = []
-    for name, _steps in plan:
+    for op in plan:
+        name = op.name
+        per_row = op.rows or (lambda _n: 1)
         cells = []
         for n in sizes:
             if (name, n) in measured.figures:
-                cells.append(fmt_us(measured.figures[(name, n)]))
+                figure = measured.figures[(name, n)]
+                extra = f" ({fmt_us(figure / per_row(n))} per row)" if op.rows else ""
+                cells.append(fmt_us(figure) + extra)
             else:
                 cells.append(measured.skipped.get((name, n), "—"))
         small, large = (name, sizes[0]), (name, sizes[-1])
         if small in measured.figures and large in measured.figures:
-            ratio = measured.figures[large] / measured.figures[small]
-            cells.append(f"{ratio:,.1f}x {'(met)' if ratio <= 2.0 else '(NOT met)'}")
+            ratio = (measured.figures[large] / per_row(sizes[-1])) / (measured.figures[small] / per_row(sizes[0]))
+            per = " per row" if op.rows else ""
+            cells.append(f"{ratio:,.1f}x{per} {'(met)' if ratio <= 2.0 else '(NOT met)'}")
         else:
             cells.append("NOT met (not run)")
-        rows.append([name, *cells])
+        label = f"{name}, output-sized" if op.rows else name
+        rows.append([label, *cells])
     header = ["operation", *(f"{n:,} rooms + {n:,} waiting" for n in sizes), f"{sizes[-1]:,} vs {sizes[0]:,} (≤ 2x)"]
     return f"#### {title}\n\n" + markdown_table(header, rows)
 
 
-ENGINE_PLAN: list[tuple[str, Sequence[str]]] = [
-    ("admit (joins the line)", ["admit", "cancel"]),
-    ("release + promotion", ["release", "admit"]),
-    ("cancel", ["cancel", "admit"]),
-    ("waitlist position (one customer)", ["position"]),
-    ("waitlist positions (whole line)", ["positions"]),
-    ("wait estimates (project)", ["project"]),
+ENGINE_PLAN: list[Op] = [
+    Op("admit (joins the line)", ["admit", "cancel"]),
+    Op("release + promotion", ["release", "admit"]),
+    Op("cancel", ["cancel", "admit"]),
+    Op("waitlist position (one customer)", ["position"]),
+    Op("wait estimate (one customer)", ["wait"]),
+    Op("waitlist positions (whole line: n rows)", ["positions"], rows=lambda n: n),
+    Op("wait estimates (project: n customers + n rooms)", ["project"], rows=lambda n: 2 * n),
 ]
-SERVICE_PLAN: list[tuple[str, Sequence[str]]] = [
-    ("assign (joins the line, with its wait)", ["assign", "cancel"]),
-    ("exit + release + promotion", ["exit", "join"]),
-    ("cancel", ["cancel", "join"]),
-    ("floor status", ["status"]),
+SERVICE_PLAN: list[Op] = [
+    Op("assign (joins the line, with its wait)", ["assign", "cancel"]),
+    Op("exit + release + promotion", ["exit", "join"]),
+    Op("cancel", ["cancel", "join"]),
+    # After a cancel round the newest customer (joined by the refill) waits: their session is read.
+    Op("session read (one waiting customer's wait)", ["session"]),
+    Op("floor status (n customers + n rooms)", ["status"], rows=lambda n: 2 * n),
 ]
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import bisect
 import heapq
 import math
+from collections import Counter
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
@@ -180,7 +181,9 @@ class Floor:
     """A store's rooms and its active (waitlisted or assigned) sessions, as one consistent snapshot.
 
     Engine operations keep a private index of the floor (free rooms by size, the line by arrival number, waiting
-    customers by their needs) so that each costs about log(size). It is built on first use and follows every
+    customers by their needs, occupied rooms by expected end, the line's expected minutes per need) so that each
+    costs about log(size), and so that wait estimates of a large floor read samples of it (see `busy_sample`,
+    `line_sample`) instead of all of it. It is built on first use and follows every
     change the engine makes; adding or removing rooms or sessions in the dicts directly is noticed and rebuilds
     it, but a Room's or Session's fields changed outside the engine need a `reindex()` afterwards.
     """
@@ -221,6 +224,44 @@ class Floor:
         """1-based waitlist position of one customer, None when they are not waiting."""
         return self._indexed().position(session_id)
 
+    def room_kinds(self) -> dict[Bucket, int]:
+        """Number of rooms of each kind, (accessible, max_items), free or occupied."""
+        return dict(self._indexed().room_counts)
+
+    def busy_rooms(self, kind: Bucket) -> int:
+        """Number of rooms of this kind whose occupant is seated (has an assigned_at)."""
+        return len(self._indexed().busy.get(kind, ()))
+
+    def busy_sample(self, kind: Bucket, count: int) -> list[Room]:
+        """Up to `count` occupied rooms of a kind, evenly spaced in the order their sessions are expected to end."""
+        keys = self._indexed().busy.get(kind, [])
+        return [self.rooms[room_id] for _, room_id in _evenly_spaced(keys, count)]
+
+    def line_needs(self) -> dict[Need, int]:
+        """Number of waiting customers of each kind of needs, (item count, needs accessible)."""
+        return {need: len(keys) for need, keys in self._indexed().by_need.items()}
+
+    def line_minutes(self, need: Need) -> float:
+        """Sum of the expected session lengths (expected_duration) of the customers waiting with these needs."""
+        return self._indexed().line_micros.get(need, 0) / _MICROS
+
+    def line_sample(self, need: Need, count: int) -> list[Session]:
+        """Up to `count` customers waiting with these needs, evenly spaced in arrival order."""
+        keys = self._indexed().by_need.get(need, [])
+        return [self.active[session_id] for _, session_id in _evenly_spaced(keys, count)]
+
+    def ahead(self, session_id: str, need: Need) -> int:
+        """Customers with these needs waiting ahead of a waiting customer (arrived before them)."""
+        index = self._indexed()
+        seq = index.queue_number(session_id)
+        return bisect.bisect_left(index.by_need.get(need, []), (seq, session_id))
+
+    def holds_anyone(self, max_passes: int) -> bool:
+        """Whether a waiting customer is held: passed over `max_passes` times (> 0) or more, served first."""
+        if max_passes <= 0:
+            return False  # everyone counts as held, so arrival order is still the order
+        return any(passes >= max_passes for passes in self._indexed().pass_counts)
+
     def catch_up(self, now: datetime, max_skew: timedelta = CLOCK_SKEW) -> datetime:
         """A server-clock time moved up to the floor's latest event when it lags by at most `max_skew`.
 
@@ -242,10 +283,31 @@ class Floor:
 
 Need = tuple[int, bool]  # (item count, needs an accessible room): customers with equal needs fit the same rooms
 Bucket = tuple[bool, int]  # (accessible, max_items): rooms of one kind
+# Sums of expected minutes are kept as integer microminutes: the same line gives the same sum whatever the order
+# customers joined and left it in (float sums would drift with the history).
+_MICROS = 1_000_000
 
 
 def _need(session: Session) -> Need:
     return (session.item_count, session.needs_accessible)
+
+
+def _micros(session: Session) -> int:
+    return round(expected_duration(session) * _MICROS)
+
+
+def _busy_key(room: Room, occupant: Session) -> tuple[float, str]:
+    """Order of occupied rooms: when the session is expected to end (seated time plus its median), then by id."""
+    assert occupant.assigned_at is not None
+    return (occupant.assigned_at.timestamp() + 60.0 * occupant.prediction.median, room.room_id)
+
+
+def _evenly_spaced(values: Sequence[Any], count: int) -> Sequence[Any]:
+    """`count` values at the middle of equal slices of a sorted list (all of them when it is no longer)."""
+    n = len(values)
+    if n <= count:
+        return values
+    return [values[(2 * i + 1) * n // (2 * count)] for i in range(count)]
 
 
 def _free_key(room: Room) -> tuple[float, str]:
@@ -278,10 +340,24 @@ class _FloorIndex:
             if room.is_free:
                 self.room_freed(room)
         self.buckets = sorted(self.free)  # (accessible, max_items): the best-fit order of room kinds
+        self.room_counts = Counter(_bucket(room.spec) for room in floor.rooms.values())
+        # Seated rooms of each kind in the order their sessions should end: wait estimates of a large floor read
+        # an evenly spaced sample of them (a sample stratified by end time) instead of every room.
+        self.busy: dict[Bucket, list[tuple[float, str]]] = {bucket: [] for bucket in self.buckets}
+        for room in floor.rooms.values():
+            occupant = floor.active.get(room.session_id) if room.session_id else None
+            if occupant is not None and occupant.assigned_at is not None:
+                self.busy[_bucket(room.spec)].append(_busy_key(room, occupant))
+        for keys in self.busy.values():
+            keys.sort()
         self.line: list[tuple[int, str]] = []
         self.by_need: dict[Need, list[tuple[int, str]]] = {}
         self.passed: dict[Need, list[tuple[int, str]]] = {}
-        self._entries: dict[str, tuple[int, Need]] = {}
+        self.line_micros: dict[Need, int] = {}  # expected minutes of the customers waiting with each need
+        # How many waiting customers were passed over how many times (> 0): whether anyone is held, without a scan.
+        self.pass_counts: Counter[int] = Counter()
+        self._passes: dict[str, int] = {}
+        self._entries: dict[str, tuple[int, Need, int]] = {}
         for session in floor.active.values():
             if session.status is SessionStatus.WAITLISTED:
                 self.joined(session)
@@ -309,24 +385,33 @@ class _FloorIndex:
             return None
         return bisect.bisect_left(self.line, (entry[0], session_id)) + 1
 
+    def queue_number(self, session_id: str) -> int:
+        """A waiting customer's queue number (KeyError when not waiting)."""
+        return self._entries[session_id][0]
+
     def joined(self, session: Session) -> None:
         """A customer now waits with their queue number."""
         key = (_queue_seq(session), session.session_id)
-        need = _need(session)
-        self._entries[session.session_id] = (key[0], need)
+        need, micros = _need(session), _micros(session)
+        self._entries[session.session_id] = (key[0], need, micros)
         bisect.insort(self.line, key)
         bisect.insort(self.by_need.setdefault(need, []), key)
+        self.line_micros[need] = self.line_micros.get(need, 0) + micros
         if session.passed_over > 0:
             bisect.insort(self.passed.setdefault(need, []), key)
+            self._count_passes(session.session_id, session.passed_over)
 
     def left_line(self, session_id: str) -> None:
         """A customer no longer waits (seated or cancelled)."""
-        seq, need = self._entries.pop(session_id)
+        seq, need, micros = self._entries.pop(session_id)
         key = (seq, session_id)
         _remove_sorted(self.line, key)
         _remove_sorted(self.by_need[need], key)
+        self.line_micros[need] -= micros
         if not self.by_need[need]:
             del self.by_need[need]
+            del self.line_micros[need]
+        self._count_passes(session_id, 0)
         passed = self.passed.get(need)
         if passed is not None and _remove_sorted(passed, key) and not passed:
             del self.passed[need]
@@ -334,8 +419,20 @@ class _FloorIndex:
     def passed_over(self, session: Session) -> None:
         """A waiting customer's pass count went up."""
         if session.passed_over == 1:
-            seq, need = self._entries[session.session_id]
+            seq, need, _ = self._entries[session.session_id]
             bisect.insort(self.passed.setdefault(need, []), (seq, session.session_id))
+        self._count_passes(session.session_id, session.passed_over)
+
+    def _count_passes(self, session_id: str, passes: int) -> None:
+        """Record a waiting customer's pass count (0: not passed over, or left the line)."""
+        before = self._passes.pop(session_id, 0)
+        if before:
+            self.pass_counts[before] -= 1
+            if not self.pass_counts[before]:
+                del self.pass_counts[before]
+        if passes:
+            self._passes[session_id] = passes
+            self.pass_counts[passes] += 1
 
     def room_freed(self, room: Room) -> None:
         """A room is free (with its free_since set)."""
@@ -347,6 +444,16 @@ class _FloorIndex:
         """A free room is occupied."""
         bucket, key = self._free_keys.pop(room.room_id)
         _remove_sorted(self.free[bucket], key)
+
+    def room_seated(self, room: Room, occupant: Session) -> None:
+        """A room's occupant is seated (assigned_at set): the room joins its kind's busy list."""
+        bisect.insort(self.busy[_bucket(room.spec)], _busy_key(room, occupant))
+
+    def room_vacated(self, room: Room, occupant: Session) -> None:
+        """A room's seated occupant left: the room leaves its kind's busy list."""
+        # The key again from the occupant at hand (their fields change only through the engine): no map to keep.
+        if occupant.assigned_at is not None:
+            _remove_sorted(self.busy[_bucket(room.spec)], _busy_key(room, occupant))
 
     def room_event(self, room: Room, now: datetime) -> None:
         """Set a room's last event time, keeping the floor's latest event known."""
@@ -486,6 +593,7 @@ def _seat(floor: Floor, session: Session, room: Room, now: datetime, changes: Ch
     session.last_event_at = now
     room.session_id = session.session_id
     room.free_since = None
+    index.room_seated(room, session)
     index.room_event(room, now)
     changes.rooms.add(room.room_id)
     changes.sessions.add(session.session_id)
@@ -593,6 +701,7 @@ def release(floor: Floor, session_id: str, room_id: str, now: datetime, rules: R
     session.last_event_at = now
     del floor.active[session_id]
     index.resized(floor)
+    index.room_vacated(room, session)
     room.session_id = None
     room.free_since = now
     index.room_event(room, now)

@@ -30,10 +30,13 @@ from fitting_room.errors import ConflictError, InvalidRequestError, NotFoundErro
 from fitting_room.estimates import (
     ArrivalForecast,
     PastArrival,
+    Pools,
     Projection,
     WaitInterval,
+    estimate_wait,
     forecast_arrivals,
     project,
+    uses_pools,
 )
 from fitting_room.settings import Policy
 from fitting_room.store import Alert, Completion, Store, StoreBusyError
@@ -234,6 +237,9 @@ class FittingRoomService:
         self.new_id = new_id
         self._projections: FloorMemo[Projection] = FloorMemo()
         self._floor_views: FloorMemo[FloorView] = FloorMemo()
+        # A large FIFO floor's pool models (see estimates.Pools), shared by the waits read of it at one moment. Two
+        # readers may make the same model at once: each is a function of the floor version, so either one is kept.
+        self._pools: FloorMemo[Pools] = FloorMemo()
         # Long projections run from a copy of the floor outside the store's lock, one at a time per store.
         self._projecting = threading.Lock()
         # Express's latest arrivals as of one floor version: every arrival is a write that bumps the version.
@@ -270,8 +276,12 @@ class FittingRoomService:
                     now = session.arrived_at = floor.catch_up(now)
                 changes = engine.admit(floor, session, now)
                 tx.save(floor, changes)
-            if session.status is not SessionStatus.WAITLISTED or self._quick_to_project(floor):
+            if session.status is not SessionStatus.WAITLISTED:
                 return self._view(floor, replace(session), now, tx.floor_version)
+            # On a large floor one customer's wait costs a pool model, not the floor: no copy, no wait for others.
+            one = self._one_wait(floor, session.session_id, now, tx.floor_version)
+            if one is not None or self._quick_to_project(floor):
+                return self._view(floor, replace(session), now, tx.floor_version, one)
             frozen = floor.copy()
         with self._projecting:
             return self._view(frozen, frozen.active[session.session_id], now, tx.floor_version)
@@ -300,8 +310,12 @@ class FittingRoomService:
         with self.store.floor(wait) as snapshot:
             live = snapshot.floor.active.get(session_id)
             if live is not None and live.status is SessionStatus.WAITLISTED:
-                if self._quick_to_project(snapshot.floor) or self._projections.peek(snapshot.version, at):
-                    return self._view(snapshot.floor, replace(live), at, snapshot.version)
+                floor, version = snapshot.floor, snapshot.version
+                kept = self._projections.peek(version, at) is not None
+                # On a large floor one customer's wait costs a pool model, not the floor: answered here at once.
+                one = None if kept else self._one_wait(floor, session_id, at, version)
+                if kept or one is not None or self._quick_to_project(floor):
+                    return self._view(floor, replace(live), at, version, one)
                 if not wait:
                     raise StoreBusyError(self.store.store_id)
                 frozen = (snapshot.floor.copy(), snapshot.version)
@@ -494,27 +508,50 @@ class FittingRoomService:
         )
 
     def _quick_to_project(self, floor: Floor) -> bool:
-        """True when projecting this floor takes a few milliseconds at most (FIFO, a small floor)."""
+        """True when projecting this whole floor takes a few milliseconds at most (FIFO, a small floor)."""
         # About 0.1-0.2 ms per session on the floor under FIFO; express's forecast reads the store and its
-        # newcomers make it costlier, so it never counts as quick.
+        # newcomers make it costlier, so it never counts as quick. A large FIFO floor costs about 5 µs per
+        # session (pool models, see estimates.project): quick for one customer (_one_wait), not for all of them.
         return self.rules.policy is Policy.FIFO and len(floor.active) <= QUICK_PROJECTION_SESSIONS
 
-    def _view(self, floor: Floor, session: Session, at: datetime, version: int) -> SessionView:
+    def _one_wait(self, floor: Floor, session_id: str, at: datetime, version: int) -> tuple[float, WaitInterval] | None:
+        """One waiting customer's wait from a pool model of a large floor; None when it takes the whole projection."""
+        if not uses_pools(floor, self.rules):
+            return None
+        pools = self._pools.get(version, at, lambda: Pools(floor, at))
+        return estimate_wait(floor, session_id, at, self.rules, pools=pools)
+
+    def _view(
+        self,
+        floor: Floor,
+        session: Session,
+        at: datetime,
+        version: int,
+        one: tuple[float, WaitInterval] | None = None,
+    ) -> SessionView:
         if session.status is not SessionStatus.WAITLISTED:
             return SessionView(session=session, estimated_wait=0.0)
-        projection = self._projection(floor, at, version)
+        if one is None:
+            projection = self._projection(floor, at, version)
+            one = (projection.waits[session.session_id], projection.intervals[session.session_id])
         return SessionView(
             session=session,
             position=floor.position(session.session_id),
-            estimated_wait=projection.waits[session.session_id],
-            wait_interval=projection.intervals[session.session_id],
+            estimated_wait=one[0],
+            wait_interval=one[1],
         )
 
     def _projection(self, floor: Floor, at: datetime, version: int) -> Projection:
         # The latest arrivals change only with the floor version, so the memo's key still covers everything.
-        return self._projections.get(
-            version, at, lambda: project(floor, at, self.rules, arrivals=self._arrival_forecast(at, version))
-        )
+        def compute() -> Projection:
+            arrivals = self._arrival_forecast(at, version)
+            if uses_pools(floor, self.rules):
+                # The pool models the session reads of this moment made are this projection's too.
+                pools = self._pools.get(version, at, lambda: Pools(floor, at))
+                return project(floor, at, self.rules, arrivals=arrivals, pools=pools)
+            return project(floor, at, self.rules, arrivals=arrivals)
+
+        return self._projections.get(version, at, compute)
 
     def _arrival_forecast(self, at: datetime, version: int) -> ArrivalForecast | None:
         """Who express expects to arrive, from the store's latest arrivals (FIFO's waits do not depend on it)."""

@@ -18,7 +18,7 @@ SELF_VALIDATED = {
     "/assign_room": ("AssignRoomRequest", True),
     "/detect_anomaly": ("DetectAnomalyRequest", True),
 }
-BODIES = {
+BODIES: dict[str, dict[str, Any]] = {
     "/predict_duration": {"item_ids": ITEMS},
     "/assign_room": {"item_ids": ITEMS},
     "/detect_anomaly": README_ANOMALY_BODY,

@@ -304,3 +304,45 @@ def test_sessions_added_behind_the_engines_back_are_indexed(new):
     floor.active[late.session_id] = late  # as a store adding a row to a cached floor would
     assert floor.positions() == {waiting.session_id: 1, late.session_id: 2}
     assert floor.position(late.session_id) == 2 and floor.position("nobody") is None
+
+
+def test_the_floor_keeps_what_a_large_floors_wait_estimate_samples(new):
+    # Occupied rooms by expected end, the line's needs and total expected minutes: kept by admit, release and
+    # cancel, so an estimate reads a sample of them without visiting the floor.
+    floor = make_floor(*((f"r{i}", 6, i == 0) for i in range(4)))
+    seated = [new(items=2, minutes=m) for m in (30.0, 10.0, 20.0, 40.0)]
+    for s in seated:
+        engine.admit(floor, s, at(0))
+    waiting = [new(items=1 + i % 2, minutes=5.0 + i) for i in range(5)]
+    for s in waiting:
+        engine.admit(floor, s, at(1))
+    assert floor.room_kinds() == {(True, 6): 1, (False, 6): 3}
+    assert floor.busy_rooms((False, 6)) == 3 and floor.busy_rooms((True, 6)) == 1
+    plain = [floor.active[r.session_id or ""].prediction.median for r in floor.busy_sample((False, 6), 3)]
+    assert plain == sorted(plain), "in order of expected end"
+    assert len(floor.busy_sample((False, 6), 1)) == 1
+    assert floor.line_needs() == {(1, False): 3, (2, False): 2}
+    assert floor.line_minutes((1, False)) == pytest.approx(5.0 + 7.0 + 9.0)
+    assert [s.session_id for s in floor.line_sample((1, False), 2)] == [waiting[0].session_id, waiting[4].session_id]
+    assert floor.ahead(waiting[4].session_id, (1, False)) == 2
+    assert floor.ahead(waiting[4].session_id, (2, False)) == 2
+    engine.cancel(floor, waiting[2].session_id, at(2))
+    assert floor.line_minutes((1, False)) == pytest.approx(5.0 + 9.0)
+    room = seated[1].room_id or ""
+    engine.release(floor, seated[1].session_id, room, at(3), FIFO)  # the 10-minute room frees: waiting[0] moves in
+    assert floor.rooms[room].session_id == waiting[0].session_id
+    assert floor.busy_rooms((False, 6)) == 3
+    assert floor.line_needs() == {(1, False): 1, (2, False): 2}
+    assert floor.line_minutes((1, False)) == pytest.approx(9.0)
+    fresh = engine._FloorIndex(floor)
+    kept = floor._indexed()
+    assert (kept.busy, kept.line_micros, kept.room_counts, kept.pass_counts) == (
+        fresh.busy,
+        fresh.line_micros,
+        fresh.room_counts,
+        fresh.pass_counts,
+    )
+    assert not floor.holds_anyone(FIFO.max_passes)
+    waiting[1].passed_over = FIFO.max_passes
+    floor.reindex()
+    assert floor.holds_anyone(FIFO.max_passes) and not floor.holds_anyone(0)

@@ -141,6 +141,13 @@ class FloorMachine(RuleBasedStateMachine):
             fresh.passed,
             fresh.free,
         )
+        # What wait estimates of large floors sample: occupied rooms by expected end, the line's expected minutes.
+        assert (kept.busy, kept.line_micros, kept.room_counts, kept.pass_counts) == (
+            fresh.busy,
+            fresh.line_micros,
+            fresh.room_counts,
+            fresh.pass_counts,
+        )
 
     # A rule, not an invariant: projecting after every single step would dominate the run time.
     @rule()

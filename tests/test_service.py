@@ -308,3 +308,39 @@ def test_a_long_projection_does_not_hold_up_writers(db: str, monkeypatch: pytest
     # The view is of the floor the projection started from; the next moment's shows the change.
     assert [w.session.session_id for w in view.waitlist] == waiting
     assert [w.session.session_id for w in service.floor_status(at(2)).waitlist] == waiting[:-1]
+
+
+def test_a_large_fifo_floor_tells_one_customer_their_wait_without_projecting_the_floor(
+    db: str, monkeypatch: pytest.MonkeyPatch
+):
+    # 40 rooms and 30 waiting: past the floors always simulated, every customer in one pool (see estimates.Pools).
+    service = make_service(db, [RoomSpec(f"room_{i:02d}", 6) for i in range(40)])
+    waiting = fill(service, 70)[40:]
+    projected: list[datetime] = []
+    copied: list[int] = []
+
+    def counting_project(floor: Floor, at: datetime, rules: Rules, **kwargs: Any) -> Projection:
+        projected.append(at)
+        return project(floor, at, rules, **kwargs)
+
+    copy = Floor.copy
+
+    def counting_copy(floor: Floor) -> Floor:
+        copied.append(1)
+        return copy(floor)
+
+    monkeypatch.setattr(service_module, "project", counting_project)
+    monkeypatch.setattr(Floor, "copy", counting_copy)
+    joined = service.assign(ITEMS, False, at(1))
+    assert joined.position == 31 and joined.estimated_wait is not None
+    read = service.session(waiting[0], at(1), wait=False)  # a pool model's answer is quick: no StoreBusyError
+    assert read.position == 1 and read.estimated_wait is not None
+    assert projected == [] and copied == [], "one customer's wait costs neither the floor's projection nor a copy"
+    view = service.floor_status(at(1))
+    assert projected == [at(1)]
+    board = {w.session.session_id: w for w in view.waitlist}
+    assert (board[waiting[0]].estimated_wait, board[waiting[0]].wait_interval) == (
+        read.estimated_wait,
+        read.wait_interval,
+    )
+    assert board[joined.session.session_id].estimated_wait == joined.estimated_wait
