@@ -349,7 +349,8 @@ def table(title: str, measured: Measured, plan: Sequence[Op], sizes: Sequence[in
         if small in measured.figures and large in measured.figures:
             ratio = (measured.figures[large] / per_row(sizes[-1])) / (measured.figures[small] / per_row(sizes[0]))
             per = " per row" if op.rows else ""
-            cells.append(f"{ratio:,.1f}x{per} {'(met)' if ratio <= 2.0 else '(NOT met)'}")
+            shown = f"{ratio:,.1f}" if ratio >= 0.1 else f"{ratio:.2f}"  # a per-row ratio can fall far below 1
+            cells.append(f"{shown}x{per} {'(met)' if ratio <= 2.0 else '(NOT met)'}")
         else:
             cells.append("NOT met (not run)")
         label = f"{name}, output-sized" if op.rows else name
