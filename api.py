@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import anyio
-from fastapi import Depends, FastAPI, Header, Query, Request, Security
+from fastapi import Depends, FastAPI, Query, Request, Security
 from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
@@ -312,12 +312,15 @@ State = Annotated[AppState, Depends(get_state)]
 SessionId = Annotated[str, PathParam(min_length=1, max_length=64, description="Session id.")]
 At = Annotated[EventTime | None, Query(description="Project estimates as of this time (ISO 8601, years 2000-2100).")]
 IDEMPOTENCY_HEADER = "Idempotency-Key"
-IDEMPOTENCY_DOC = "Retry-safe key: a retry with the same key and body returns the first response."
 IDEMPOTENCY_MAX_LENGTH = 200
-IdempotencyKey = Annotated[
-    str | None,
-    Header(alias=IDEMPOTENCY_HEADER, min_length=1, max_length=IDEMPOTENCY_MAX_LENGTH, description=IDEMPOTENCY_DOC),
-]
+# The header as the OpenAPI operations of the routes reading it (`idempotency_key`) describe it.
+IDEMPOTENCY_PARAMETER = {
+    "name": IDEMPOTENCY_HEADER,
+    "in": "header",
+    "required": False,
+    "description": "Retry-safe key: a retry with the same key and body returns the first response.",
+    "schema": {"type": "string", "minLength": 1, "maxLength": IDEMPOTENCY_MAX_LENGTH},
+}
 
 
 def caller_store(request: Request, role: Role, action: str) -> StoreContext:
@@ -337,9 +340,7 @@ def self_validated(model: type[BaseModel], *, idempotent: bool = False) -> dict[
         "security": [{api_key_header.scheme_name: []}],
     }
     if idempotent:
-        schema = {"type": "string", "minLength": 1, "maxLength": IDEMPOTENCY_MAX_LENGTH}
-        header = {"name": IDEMPOTENCY_HEADER, "in": "header", "required": False, "description": IDEMPOTENCY_DOC}
-        operation["parameters"] = [{**header, "schema": schema}]
+        operation["parameters"] = [IDEMPOTENCY_PARAMETER]
     return operation
 
 
@@ -561,17 +562,21 @@ def _add_routes(app: FastAPI) -> None:
         )
         return json_response(presenters.session_response(view))
 
-    @app.post("/sessions/{session_id}/cancel", response_model=SessionResponse, responses=ERRORS)
-    async def cancel_session(
-        session_id: SessionId, store: Kiosk, request: Request, idempotency_key: IdempotencyKey = None
-    ) -> Any:
+    @app.post(
+        "/sessions/{session_id}/cancel",
+        response_model=SessionResponse,
+        responses=ERRORS,
+        openapi_extra={"parameters": [IDEMPOTENCY_PARAMETER]},
+    )
+    async def cancel_session(session_id: SessionId, store: Kiosk, request: Request) -> Any:
         """A waiting customer leaves the line; positions behind close up."""
+        key = idempotency_key(request)
 
         def act() -> SessionResponse:
             now = event_time(None, store.settings)
             return presenters.session_response(store.service.cancel(session_id, now))
 
-        return await run_change(store, once, store, idempotency_key, request, None, act)
+        return await run_change(store, once, store, key, request, None, act)
 
     @post_self_validated(app, "/detect_anomaly", DetectAnomalyResponse, DetectAnomalyRequest, idempotent=True)
     async def detect_anomaly(request: Request) -> Any:

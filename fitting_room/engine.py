@@ -256,6 +256,12 @@ class Floor:
         seq = index.queue_number(session_id)
         return bisect.bisect_left(index.by_need.get(need, []), (seq, session_id))
 
+    def seated_occupant(self, room_id: str) -> Session | None:
+        """The room's occupant once seated (has an assigned_at), else None."""
+        session_id = self.rooms[room_id].session_id
+        session = self.active.get(session_id) if session_id else None
+        return session if session is not None and session.assigned_at is not None else None
+
     def holds_anyone(self, max_passes: int) -> bool:
         """Whether a waiting customer is held: passed over `max_passes` times (> 0) or more, served first."""
         if max_passes <= 0:

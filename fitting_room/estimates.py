@@ -7,9 +7,7 @@ fits, counting passes as the engine does. The estimate is the mean over the draw
 squared error, not the wait of one "typical" future) and the interval holds the central `level` of them.
 The draws come from a fixed seed, so the same floor at the same moment always gives the same answer.
 
-Distributions are the 99-point quantile grids of the predictions, interpolated on the normal-score scale in
-log minutes and extended beyond the first and last grid points along the slope of the outer grid points
-(a lognormal tail), so conditioning on a long elapsed time still leaves a sensible remaining time.
+The distributions are the models' quantile grids with lognormal tails (fitting_room/duration_grids.py).
 
 Future arrivals (express only). Under express a customer who arrives later with a shorter predicted session is
 served first, so the line as it stands understates the wait of anyone who can be overtaken. Given an
@@ -22,35 +20,29 @@ become due under the aging cap like everyone else. Under FIFO nobody who arrives
 customer already waiting (a room that fits no one waiting is the only one a newcomer can take, and it can never
 become one that does), so FIFO projections ignore the forecast and are exactly the line's.
 
-Large floors (FIFO). Simulating costs draws × (rooms + waiting). Above EXACT_SESSIONS sessions `project` answers
-each customer a pool model covers from it instead (see `Pools` and `PoolModel`): a renewal / central-limit model
-of how many rooms free by each time, made from samples of the floor of a fixed size, so one customer's estimate
-(`estimate_wait`) costs the same on ten thousand rooms as on a hundred and the whole line about 5 µs a customer.
-Customers no pool model covers (behind someone whose rooms only partly overlap theirs, or in a pool of fewer than
-POOL_ROOMS rooms) and every floor under express are still simulated.
+Large floors (FIFO). Simulating costs draws × (rooms + waiting). Above wait_pools.EXACT_SESSIONS sessions
+`project` answers each customer a pool model covers from it instead (fitting_room/wait_pools.py): a renewal /
+central-limit model of how many rooms free by each time, made from samples of the floor of a fixed size, so one
+customer's estimate (`estimate_wait`) costs the same on ten thousand rooms as on a hundred and the whole line about
+5 µs a customer. Customers no pool model covers (behind someone whose rooms only partly overlap theirs, or in a pool
+of fewer than wait_pools.POOL_ROOMS rooms) and every floor under express are still simulated.
 """
 
 from __future__ import annotations
 
 import math
-from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
-from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from scipy.signal import fftconvolve, lfilter
-from scipy.special import ndtr, ndtri
 
+from fitting_room.duration_grids import DurationGrids, FloatArray
 from fitting_room.engine import (
-    MIN_REMAINING_MINUTES,
     Floor,
-    Room,
     Rules,
     Session,
-    SessionStatus,
     aging_due,
     expected_duration,
     expected_remaining,
@@ -60,20 +52,11 @@ from fitting_room.engine import (
     promotion_order,
 )
 from fitting_room.settings import Policy
-
-FloatArray = npt.NDArray[np.float64]
+from fitting_room.wait_pools import Pattern, Pools, expected_free_in, uses_pools
 
 WAIT_LEVEL = 0.8
 SAMPLES = 512
 SEED = 4
-# Quantiles below this many minutes are treated as this (a log of zero has no tail to extend).
-_SHORTEST = 1e-3
-# Grids narrower than this (log minutes) are a fixed duration, with no distribution to condition.
-_DEGENERATE = 1e-9
-# Grid points on each side used for the slope of the extended tails.
-_TAIL_POINTS = 4
-# Sessions per block of draws computed at once (bounds temporaries to a few MB per array).
-_BLOCK = 1024
 # Above this many rooms the earliest-free room comes from a tournament tree instead of a scan.
 _TREE_ROOMS = 32
 # The arrival rate is measured over the last hour: the store's traffic changes by the hour (the simulator's
@@ -176,163 +159,6 @@ def forecast_arrivals(
     return ArrivalForecast(events=len(recent) - 1, exposure=exposure, mix=tuple(known))
 
 
-class DurationGrids:
-    """Session length distributions of several sessions from their quantile grids, with lognormal tails."""
-
-    def __init__(self, grids: Sequence[Sequence[float]]) -> None:
-        """Grid point i (1-based) of n is the quantile at probability i / (n + 1); grids are resampled to 99."""
-        logq = np.log(np.maximum(_grid_matrix(grids), _SHORTEST))
-        n = logq.shape[1]
-        self._z = ndtri(np.arange(1, n + 1) / (n + 1))
-        self.fixed = logq[:, -1] - logq[:, 0] < _DEGENERATE
-        # A strictly increasing grid keeps the inverse (minutes -> normal score) well defined.
-        self._y = np.maximum.accumulate(logq, axis=1) + np.arange(n) * 1e-12
-        k = _TAIL_POINTS
-        z = self._z
-        self._low_slope = np.where(self.fixed, 0.0, (self._y[:, k] - self._y[:, 0]) / (z[k] - z[0]))
-        self._high_slope = np.where(self.fixed, 0.0, (self._y[:, -1] - self._y[:, -1 - k]) / (z[-1] - z[-1 - k]))
-
-    def log_quantile(self, z: FloatArray) -> FloatArray:
-        """Log minutes at normal scores `z` (samples × sessions), interpolated, tails extended linearly."""
-        return self._log_quantile_at(np.arange(len(self._y))[None, :], z)
-
-    def _log_quantile_at(self, sessions: npt.NDArray[np.intp], z: FloatArray) -> FloatArray:
-        """log_quantile of the given sessions (an index array broadcast against z) at normal scores z."""
-        # Gathers of single grid points: whole grids for thousands of draws would be tens of megabytes.
-        grid, y = self._z, self._y
-        upper = np.clip(np.searchsorted(grid, z), 1, len(grid) - 1)
-        z0, z1 = grid[upper - 1], grid[upper]
-        y0, y1 = y[sessions, upper - 1], y[sessions, upper]
-        inner = y0 + (z - z0) / (z1 - z0) * (y1 - y0)
-        below = y[sessions, 0] + self._low_slope[sessions] * (z - grid[0])
-        above = y[sessions, -1] + self._high_slope[sessions] * (z - grid[-1])
-        return np.asarray(np.where(z < grid[0], below, np.where(z > grid[-1], above, inner)), dtype=np.float64)
-
-    def normal_score(self, session: int, minutes: float) -> float:
-        """The normal score of a duration for one session: Phi of it is P(D <= minutes)."""
-        if minutes <= 0:
-            return -math.inf
-        logm = math.log(minutes)
-        y = self._y[session]
-        low, high = float(self._low_slope[session]), float(self._high_slope[session])
-        if logm < y[0]:
-            return float(self._z[0] + (logm - y[0]) / low) if low > 0 else -math.inf
-        if logm > y[-1]:
-            return float(self._z[-1] + (logm - y[-1]) / high) if high > 0 else math.inf
-        return float(np.interp(logm, y, self._z))
-
-    def remaining(self, elapsed: Sequence[float], u: FloatArray) -> FloatArray:
-        """Remaining minutes D - e given D > e per session (columns), one row per uniform draw in (0, 1]."""
-        e = np.maximum(np.asarray(elapsed, dtype=np.float64), 0.0)
-        # Draw in survival space, P(D > d) = survival(e) * u, so far tails keep their precision.
-        score = np.full(len(e), -np.inf)  # nothing elapsed: the whole distribution is still ahead
-        for i in np.flatnonzero(e > 0):
-            score[i] = self.normal_score(int(i), float(e[i]))
-        survival = ndtr(-score)
-        u = np.asarray(u, dtype=np.float64)
-        out = np.empty(np.broadcast_shapes(u.shape, e.shape))
-        # Column blocks bound the (draws x sessions) temporaries of long lines; every value is computed alone.
-        for start in range(0, len(e), _BLOCK):
-            block = slice(start, start + _BLOCK)
-            u_block = u[:, block] if u.shape[1] > 1 else u
-            out[:, block] = self._remaining_block(block, e[block], survival[block], u_block)
-        return out
-
-    def draw(self, sessions: npt.NDArray[np.intp], u: FloatArray) -> FloatArray:
-        """Whole session lengths (nothing elapsed) of the given sessions (any shape), one per uniform in (0, 1]."""
-        z = -ndtri(np.asarray(u, dtype=np.float64))  # as remaining() with no time elapsed: survival 1
-        length = np.exp(self._log_quantile_at(sessions, z))
-        fixed = np.maximum(np.exp(self._y[sessions, 0]), MIN_REMAINING_MINUTES)
-        return np.asarray(np.where(self.fixed[sessions], fixed, length), dtype=np.float64)
-
-    def survival(self, sessions: npt.NDArray[np.intp], minutes: FloatArray) -> FloatArray:
-        """P(D > minutes) of the given sessions (one row of `minutes` each), all at once; fixed grids are steps."""
-        y, z = self._y[sessions], self._z
-        rows, points = y.shape
-        minutes = np.asarray(minutes, dtype=np.float64)
-        with np.errstate(divide="ignore"):
-            logm = np.log(np.maximum(minutes, 0.0))  # -inf at zero: nothing is shorter than that
-        # One search for every row: each row is moved into a range of the number line of its own (clipped queries
-        # stay in their row's range), so a flat searchsorted finds each value's grid interval in its own row.
-        first, last = y[:, :1], y[:, -1:]
-        span = float(np.max(last - first, initial=0.0)) + 2.0
-        shift = np.arange(rows, dtype=np.float64)[:, None] * span
-        flat = (y - first + shift).ravel()
-        query = np.clip(logm - first, -1.0, span - 1.0) + shift
-        offsets = (np.arange(rows) * points)[:, None]
-        pos = np.searchsorted(flat, query.ravel(), side="right").reshape(query.shape) - offsets
-        upper = np.clip(pos, 1, points - 1)
-        row = np.arange(rows)[:, None]
-        y0, y1 = y[row, upper - 1], y[row, upper]
-        with np.errstate(divide="ignore", invalid="ignore"):
-            # Clipped: shifted values lose the last bits, so a value may land one tied grid point off.
-            frac = np.clip((logm - y0) / (y1 - y0), 0.0, 1.0)
-            inner = z[upper - 1] + frac * (z[upper] - z[upper - 1])
-            low, high = self._low_slope[sessions][:, None], self._high_slope[sessions][:, None]
-            below = np.where(low > 0, z[0] + (logm - first) / low, -np.inf)
-            above = np.where(high > 0, z[-1] + (logm - last) / high, np.inf)
-        score = np.where(pos <= 0, below, np.where(pos >= points, above, inner))
-        score = np.where(np.isneginf(logm), -np.inf, score)
-        steps = minutes < np.exp(first)
-        return np.asarray(np.where(self.fixed[sessions][:, None], steps, ndtr(-score)), dtype=np.float64)
-
-    def conditional_remaining(self, sessions: npt.NDArray[np.intp], elapsed: FloatArray, u: FloatArray) -> FloatArray:
-        """remaining() for many sessions (rows) at the same uniforms u (columns), without a loop over sessions."""
-        e = np.maximum(np.asarray(elapsed, dtype=np.float64), 0.0)
-        alive = self.survival(sessions, e[:, None])[:, 0]
-        z = -ndtri(np.maximum(alive[:, None] * u[None, :], np.finfo(np.float64).tiny))
-        left = np.maximum(np.exp(self._log_quantile_at(sessions[:, None], z)) - e[:, None], 0.0)
-        fixed_left = np.maximum(np.exp(self._y[sessions, 0]) - e, MIN_REMAINING_MINUTES)[:, None]
-        left = np.where(alive[:, None] > 0, left, MIN_REMAINING_MINUTES)
-        return np.asarray(np.where(self.fixed[sessions][:, None], fixed_left, left), dtype=np.float64)
-
-    def _remaining_block(self, block: slice, e: FloatArray, survival: FloatArray, u: FloatArray) -> FloatArray:
-        """remaining() for the sessions of one column block."""
-        z = -ndtri(np.maximum(survival * u, np.finfo(np.float64).tiny))
-        sessions = np.arange(len(self._y))[block][None, :]
-        left = np.maximum(np.exp(self._log_quantile_at(sessions, z)) - e, 0.0)
-        fixed_left = np.maximum(np.exp(self._y[block, 0]) - e, MIN_REMAINING_MINUTES)
-        left = np.where(self.fixed[block], fixed_left, np.where(survival > 0, left, MIN_REMAINING_MINUTES))
-        return np.asarray(left, dtype=np.float64)
-
-
-def _grid_matrix(grids: Sequence[Sequence[float]], points: int = 99) -> FloatArray:
-    """Quantile grids as rows of `points` columns; grids of another length are resampled."""
-    if all(len(g) == points for g in grids):
-        return np.array(grids, dtype=np.float64).reshape(len(grids), points)
-    return np.array([_regrid(g, points) for g in grids], dtype=np.float64)
-
-
-def _regrid(quantiles: Sequence[float], points: int = 99) -> FloatArray:
-    values = np.asarray(quantiles, dtype=np.float64)
-    if len(values) == points:
-        return values
-    if len(values) == 1:
-        return np.full(points, values[0])
-    given = np.arange(1, len(values) + 1) / (len(values) + 1)
-    return np.asarray(np.interp(np.arange(1, points + 1) / (points + 1), given, values), dtype=np.float64)
-
-
-class DurationDistribution:
-    """One session's length distribution (see DurationGrids)."""
-
-    def __init__(self, quantiles: Sequence[float]) -> None:
-        """From an evenly spaced quantile grid."""
-        self._grids = DurationGrids([quantiles])
-
-    def quantile(self, p: float) -> float:
-        """Minutes not exceeded with probability p."""
-        return float(np.exp(self._grids.log_quantile(np.array([[ndtri(p)]])))[0, 0])
-
-    def remaining(self, elapsed: float, u: FloatArray) -> FloatArray:
-        """Remaining minutes D - e given D > e, one per uniform draw in (0, 1]."""
-        return self._grids.remaining([elapsed], np.asarray(u, dtype=np.float64)[:, None])[:, 0]
-
-    def expected_remaining(self, elapsed: float, points: int = 400) -> float:
-        """E[D - e | D > e] by the midpoint rule over the conditional distribution's probabilities."""
-        return float(self.remaining(elapsed, (np.arange(points) + 0.5) / points).mean())
-
-
 def project(
     floor: Floor,
     now: datetime,
@@ -353,7 +179,7 @@ def project(
     """
     if not uses_pools(floor, rules):
         return project_exactly(floor, now, rules, samples, level, seed, arrivals)
-    pools = pools if pools is not None and pools.level == level else Pools(floor, now, level)
+    pools = _pools_for(floor, now, level, pools)
     waits: dict[str, float] = {}
     intervals: dict[str, WaitInterval] = {}
     by_pattern: dict[Pattern, list[tuple[str, int]]] = {}
@@ -394,12 +220,17 @@ def estimate_wait(
     """
     if not uses_pools(floor, rules):
         return None
-    pools = pools if pools is not None and pools.level == level else Pools(floor, now, level)
+    pools = _pools_for(floor, now, level, pools)
     spot = pools.spot(floor, session_id)
     if spot is None:
         return None
     means, lows, highs = pools.model(floor, spot[0]).summary(np.array([spot[1]], dtype=np.float64))
     return float(means[0]), WaitInterval(float(lows[0]), float(highs[0]), level)
+
+
+def _pools_for(floor: Floor, now: datetime, level: float, pools: Pools | None) -> Pools:
+    """The pool models lent for this floor and moment when they are at `level`, else new ones."""
+    return pools if pools is not None and pools.level == level else Pools(floor, now, level)
 
 
 def project_exactly(
@@ -413,7 +244,7 @@ def project_exactly(
 ) -> Projection:
     """`project` by simulating the whole floor `samples` times, whatever its size (see the module's docstring)."""
     room_ids = sorted(floor.rooms)
-    occupants = [_occupant(floor, room_id) for room_id in room_ids]
+    occupants = [floor.seated_occupant(room_id) for room_id in room_ids]
     waiting = floor.waitlist()  # arrival order: column j is the j-th longest waiting customer
     sessions: list[Session] = [o for o in occupants if o is not None] + waiting
     elapsed = [minutes_between(o.assigned_at, now) for o in occupants if o is not None and o.assigned_at]
@@ -477,12 +308,6 @@ def _served_in_arrival_order(keys: FloatArray, passes: npt.NDArray[np.int64], ma
     held_key = np.arange(len(keys)) - 2.0 * len(keys)
     effective = np.where(passes >= max_passes, held_key, keys)
     return bool(np.all(np.diff(effective) > 0))
-
-
-def _occupant(floor: Floor, room_id: str) -> Session | None:
-    session_id = floor.rooms[room_id].session_id
-    session = floor.active.get(session_id) if session_id else None
-    return session if session is not None and session.assigned_at is not None else None
 
 
 def _run_line(
@@ -816,400 +641,3 @@ def _run_line_in_order(
         clock.set(live, room, frees_at)
     horizon = np.nanmax(seated_at, axis=1, keepdims=True, initial=0.0)
     return np.asarray(np.where(np.isnan(seated_at), horizon, seated_at), dtype=np.float64)
-
-
-# Large floors. Simulating a line costs draws × (rooms + waiting): seconds at ten thousand rooms and customers, and
-# a read of one customer's wait would pay for the whole floor. Under FIFO a customer's wait depends only on the
-# customers ahead of them and the rooms they fit, and on a large floor the number of rooms freed by a given time is
-# a sum over many rooms: close to normal, with a mean and variance that renewal theory gives from a sample of the
-# rooms and of the line. A pool model computes those once per kind of customer (`Pattern`), in a time that does not
-# grow with the floor, and reads any customer's wait from it by their place in line.
-
-# Floors with at most this many sessions (seated and waiting) are always simulated: a few milliseconds, exact.
-EXACT_SESSIONS = 64
-# A pool needs this many rooms: with fewer, the count of rooms freed by a given time is too far from normal.
-POOL_ROOMS = 32
-# Seated rooms and waiting customers a pool model reads (evenly spaced samples): its cost, whatever the floor's size.
-POOL_ROOM_SAMPLE = 256
-POOL_LINE_SAMPLE = 128
-# Time steps of a pool model, from now to beyond the high end of its last customer's wait; the coarse grid that
-# first finds that end.
-_POOL_STEPS = 256
-_COARSE_STEPS = 64
-# Quantile levels averaged for the expected wait (midpoints of equal slices of probability).
-_POOL_LEVELS = 64
-# Uniforms averaged for a room's expected remaining time on a large floor.
-_FREE_POINTS = 32
-# Each sampled session of a pool model is _ATOMS lengths at evenly spaced probabilities (a stratified draw).
-_ATOMS = 32
-# The survival-space uniform of a pool's longest remaining time (1 in 500 rooms run longer).
-_LONGEST = 0.002
-# Rooms the variance's per-room term is summed over (a subsample of the sampled rooms).
-_VARIANCE_ROOMS = 64
-# Normal scores and weights of the line's session lengths (probabilists' Gauss-Hermite), as uniforms for draw().
-_NODES, _NODE_WEIGHTS = np.polynomial.hermite_e.hermegauss(20)
-_NODE_WEIGHTS = _NODE_WEIGHTS / _NODE_WEIGHTS.sum()
-_NODE_U = ndtr(-_NODES)
-
-Pattern = frozenset[tuple[bool, int]]  # the kinds of rooms, (accessible, max_items), a customer fits
-
-
-def uses_pools(floor: Floor, rules: Rules) -> bool:
-    """Whether pool models estimate this floor's waits: a large floor served in arrival order (FIFO, nobody held)."""
-    return (
-        rules.policy is Policy.FIFO and len(floor.active) > EXACT_SESSIONS and not floor.holds_anyone(rules.max_passes)
-    )
-
-
-def _pattern(kinds: Iterable[tuple[bool, int]], need: tuple[int, bool]) -> Pattern:
-    return frozenset(kind for kind in kinds if kind[1] >= need[0] and (kind[0] or not need[1]))
-
-
-class Pools:
-    """The pool models of one floor as of one moment, each made when first asked for (see PoolModel).
-
-    A pool is the rooms of one pattern. A pool model covers a waiting customer when the pool has POOL_ROOMS rooms
-    or more and everyone ahead of them fits either exactly their rooms or none of them: then a room of the pool goes
-    to whoever of its customers waits longest, and the customer is seated at its k-th release, k their place among
-    them. Someone ahead whose rooms only partly overlap (a larger basket, an accessibility need) breaks that count.
-    """
-
-    def __init__(self, floor: Floor, now: datetime, level: float = WAIT_LEVEL) -> None:
-        """The kinds of rooms and of waiting customers' needs on the floor now."""
-        self.now = now
-        self.level = level
-        self.kinds = floor.room_kinds()
-        self.patterns = {need: _pattern(self.kinds, need) for need in floor.line_needs()}
-        self._models: dict[Pattern, PoolModel] = {}
-
-    def covers(self, pattern: Pattern) -> bool:
-        """Whether a pool of this pattern is large enough for a model."""
-        return sum(self.kinds[kind] for kind in pattern) >= POOL_ROOMS
-
-    def spot(self, floor: Floor, session_id: str) -> tuple[Pattern, int] | None:
-        """(pattern, place among the pool's customers) of a waiting customer; None when no pool model covers them."""
-        session = floor.active.get(session_id)
-        if session is None or session.status is not SessionStatus.WAITLISTED:
-            return None
-        pattern = self.patterns.get((session.item_count, session.needs_accessible))
-        if pattern is None or not self.covers(pattern):
-            return None
-        place = 1
-        for need, theirs in self.patterns.items():
-            if theirs == pattern:
-                place += floor.ahead(session_id, need)
-            elif theirs & pattern and floor.ahead(session_id, need):
-                return None
-        return pattern, place
-
-    def spots(self, floor: Floor) -> dict[str, tuple[Pattern, int] | None]:
-        """spot() of every waiting customer, in one pass along the line."""
-        covered = {pattern: self.covers(pattern) for pattern in self.patterns.values()}
-        placed: Counter[Pattern] = Counter()
-        crossed: set[Pattern] = set()  # patterns with someone of an overlapping other pattern ahead from here on
-        out: dict[str, tuple[Pattern, int] | None] = {}
-        for session in floor.waitlist():
-            pattern = self.patterns[(session.item_count, session.needs_accessible)]
-            if pattern not in placed:
-                crossed.update(other for other in covered if other != pattern and other & pattern)
-            placed[pattern] += 1
-            fine = covered[pattern] and pattern not in crossed
-            out[session.session_id] = (pattern, placed[pattern]) if fine else None
-        return out
-
-    def model(self, floor: Floor, pattern: Pattern) -> PoolModel:
-        """The pool model of a pattern (made once per Pools)."""
-        model = self._models.get(pattern)
-        if model is None:
-            model = self._models[pattern] = PoolModel.of(floor, pattern, self, self.now, self.level)
-        return model
-
-
-def _allocate(sizes: dict[Any, int], total: int) -> dict[Any, int]:
-    """`total` samples shared among groups in proportion to their sizes (largest remainders), one at least each."""
-    sizes = {key: n for key, n in sizes.items() if n > 0}
-    whole = sum(sizes.values())
-    if whole <= total:
-        return sizes
-    quota = {key: n * total / whole for key, n in sizes.items()}
-    share = {key: max(1, math.floor(q)) for key, q in quota.items()}
-    for key in sorted(quota, key=lambda k: (share[k] - quota[k], str(k)))[: max(total - sum(share.values()), 0)]:
-        share[key] += 1
-    return {key: min(n, sizes[key]) for key, n in share.items()}
-
-
-def _renewal(g: FloatArray) -> FloatArray:
-    """u = sum over m >= 0 of g convolved m times (u = delta + g * u), on the grid of g."""
-    a = -g.copy()
-    a[0] = 1.0 - min(float(g[0]), 0.999)  # durations that round to 0 renew at once: bounded so u stays finite
-    impulse = np.zeros(len(g))
-    impulse[0] = 1.0
-    return np.asarray(lfilter([1.0], a, impulse), dtype=np.float64)
-
-
-class PoolModel:
-    """When the rooms of one pool free, as the mean and variance of how many have freed by each time.
-
-    Each room of the pool frees first when its occupant's remaining time (conditioned on the time already spent)
-    runs out and then again after each session it takes; the sessions are those of the pool's line, whose lengths
-    are drawn from the line's mix. The rooms' counts are independent, so by renewal theory the count N(t) of
-    releases by t has mean n(t) = sum_r (F_r * U)(t) and variance sum_r [(F_r * W)(t) - (F_r * U)(t)^2], F_r the
-    room's remaining-time distribution, U the renewal function of the mix and W = 2 U * U - U. The customer k-th in
-    the pool is seated when N reaches k: P(wait <= t) = P(N(t) >= k) ~ Phi((n(t) - k + 1/2) / sqrt(v(t))).
-    Sums over the rooms come from an evenly spaced sample of them in order of expected end (stratified: it keeps
-    the spread of remaining times), the mix from an evenly spaced sample of the line, rescaled to the line's exact
-    mean length (which the floor keeps). The variance draws each renewal from the mix rescaled per customer to the
-    same mean: which customer follows which is fixed by the line, only their own spread is chance.
-    """
-
-    def __init__(self, t: FloatArray, mean: FloatArray, variance: FloatArray, level: float, sessions: int) -> None:
-        """From the releases' mean and variance on the time grid `t`; `sessions` the sessions read to make it."""
-        self.t = t
-        self.mean = mean
-        self.variance = variance
-        self.sessions = sessions
-        self.levels = np.concatenate(
-            [(np.arange(_POOL_LEVELS) + 0.5) / _POOL_LEVELS, [(1 - level) / 2, (1 + level) / 2]]
-        )
-        # h_a(t) = n(t) - z_a sqrt(v(t)) reaches k - 1/2 when P(wait <= t) reaches a; a running maximum (and a
-        # ramp far below a customer) keeps it increasing, so each quantile is an interpolation.
-        h = mean[None, :] - ndtri(self.levels)[:, None] * np.sqrt(variance)[None, :]
-        self._h = np.maximum.accumulate(h, axis=1) + np.arange(len(t)) * 1e-9
-
-    def reaches(self, place: float) -> bool:
-        """Whether the grid covers the highest quantile of the wait of the customer at this place."""
-        return bool(self._h[:, -1].min() >= place - 0.5)
-
-    def summary(self, places: FloatArray) -> tuple[FloatArray, FloatArray, FloatArray]:
-        """Expected wait, low and high end of the interval of the customers at these places in the pool."""
-        quantiles = np.array([np.interp(places - 0.5, h, self.t) for h in self._h])
-        # The mean along contiguous rows: the same sum whether one customer or the whole line is asked about.
-        return np.ascontiguousarray(quantiles[:_POOL_LEVELS].T).mean(axis=1), quantiles[-2], quantiles[-1]
-
-    @classmethod
-    def of(cls, floor: Floor, pattern: Pattern, pools: Pools, now: datetime, level: float) -> PoolModel:
-        """The pool model of a floor's rooms of this pattern, from samples of its seated rooms and its line."""
-        kinds = sorted(pattern)
-        seated = {kind: floor.busy_rooms(kind) for kind in kinds}
-        # Rooms free now, or whose occupant is not seated yet, free at once (as project_exactly counts them).
-        idle = sum(pools.kinds[kind] for kind in kinds) - sum(seated.values())
-        rooms: list[Room] = []
-        room_weights: list[float] = []
-        strata: list[int] = []
-        for stratum, (kind, count) in enumerate(_allocate(seated, POOL_ROOM_SAMPLE).items()):
-            picked = floor.busy_sample(kind, count)
-            rooms += picked
-            room_weights += [seated[kind] / len(picked)] * len(picked)  # each stands for its slice of the kind
-            strata += [stratum] * len(picked)
-        occupants = [floor.active[room.session_id or ""] for room in rooms]
-        needs = {need: n for need, n in floor.line_needs().items() if pools.patterns[need] == pattern}
-        line: list[Session] = []
-        line_weights: list[float] = []
-        for need, count in _allocate(needs, POOL_LINE_SAMPLE).items():
-            picked_line = floor.line_sample(need, count)
-            line += picked_line
-            line_weights += [needs[need] / len(picked_line)] * len(picked_line)
-        waiting = sum(needs.values())
-        mean_length = sum(floor.line_minutes(need) for need in needs) / waiting
-        elapsed = [minutes_between(o.assigned_at, now) if o.assigned_at else 0.0 for o in occupants]
-        return cls.build(
-            [o.prediction.quantiles for o in occupants],
-            np.array(elapsed, dtype=np.float64),
-            np.array(room_weights, dtype=np.float64),
-            np.array(strata, dtype=np.intp),
-            idle,
-            [s.prediction.quantiles for s in line],
-            np.array(line_weights, dtype=np.float64),
-            mean_length,
-            waiting,
-            level,
-        )
-
-    @classmethod
-    def build(
-        cls,
-        occupant_grids: Sequence[Sequence[float]],
-        elapsed: FloatArray,
-        room_weights: FloatArray,
-        kinds: npt.NDArray[np.intp],
-        idle: float,
-        line_grids: Sequence[Sequence[float]],
-        line_weights: FloatArray,
-        mean_length: float,
-        last: int,
-        level: float,
-    ) -> PoolModel:
-        """A pool model: seated rooms (each standing for `room_weights` rooms), `idle` free ones, the line's sample.
-
-        Rooms of one kind (equal `kinds`) are consecutive and in order of expected end, an evenly spaced sample of
-        that kind. `mean_length` is the line's mean expected session length and `last` the number waiting (the
-        grid reaches past the last one's wait).
-        """
-        rooms = _RoomsAhead(occupant_grids, elapsed, room_weights, kinds, idle)
-        mix = _LineMix(line_grids, line_weights, mean_length)
-        pool = room_weights.sum() + idle
-        sessions = len(occupant_grids) + len(line_grids)
-        # A coarse grid over a generous horizon finds when the last customer's wait surely ends; the fine grid then
-        # spans just that (its steps set how finely chains of sessions are timed).
-        # The coarse grid needs only the mean: the count's spread stays well under the square root of the count
-        # (a renewal count's variance is about its mean times the lengths' squared coefficient of variation), so
-        # the highest quantile read is reached by the time the mean passes the last place by a few such roots.
-        goal = last - 0.5 + 3.0 * math.sqrt(last) + 3.0
-        horizon = rooms.longest() + (last / pool + 1.0) * mean_length * 1.5 + 1.0
-        while True:
-            t, mean, _ = _releases(rooms, mix, horizon, _COARSE_STEPS, spread=False)
-            if mean[-1] >= goal or horizon > 1e6:
-                break
-            horizon *= 2.0  # a rare floor whose line outlasts the first guess
-        end = float(np.interp(goal, np.maximum.accumulate(mean) + np.arange(len(t)) * 1e-9, t))
-        fine = cls(*_releases(rooms, mix, min(end * 1.1 + 2 * t[1], horizon), _POOL_STEPS), level, sessions)
-        return fine if fine.reaches(last) else cls(*_releases(rooms, mix, horizon, _POOL_STEPS), level, sessions)
-
-
-class _RoomsAhead:
-    """The sampled seated rooms of a pool as atoms: each room's remaining time at _ATOMS evenly spaced probabilities."""
-
-    def __init__(
-        self,
-        grids: Sequence[Sequence[float]],
-        elapsed: FloatArray,
-        weights: FloatArray,
-        kinds: npt.NDArray[np.intp],
-        idle: float,
-    ) -> None:
-        u = (np.arange(_ATOMS) + 0.5) / _ATOMS
-        if len(grids):
-            rows = np.arange(len(grids))
-            left = DurationGrids(grids).conditional_remaining(rows, elapsed, np.append(u, _LONGEST))
-            self.atoms, self._longest = left[:, :-1], float(left[:, -1].max())
-        else:
-            self.atoms, self._longest = np.zeros((0, _ATOMS)), 0.0
-        self.weights = weights
-        self.kinds = kinds
-        self.idle = idle  # rooms free now: they free at 0
-        self._atom_weights = np.repeat(weights / _ATOMS, _ATOMS)
-
-    def longest(self) -> float:
-        """A remaining time longer than every sampled room's but for 1 in 500."""
-        return self._longest
-
-    def freed(self, dt: float, size: int) -> FloatArray:
-        """Expected number of the pool's rooms whose first release is at or before each of the grid's times."""
-        bins = np.ceil(self.atoms.ravel() / dt).astype(np.int64)  # at or before time i * dt
-        keep = bins < size
-        counts = np.bincount(bins[keep], self._atom_weights[keep], minlength=size)
-        return np.asarray(np.cumsum(counts) + self.idle, dtype=np.float64)
-
-    def masses(self, dt: float, size: int, rows: slice = slice(None)) -> FloatArray:
-        """First releases as masses at the nearest of `size` grid times dt apart: of all rooms, or one row per room."""
-        if rows == slice(None):
-            bins = np.rint(self.atoms.ravel() / dt).astype(np.int64)
-            keep = bins < size
-            return np.asarray(np.bincount(bins[keep], self._atom_weights[keep], minlength=size), dtype=np.float64)
-        atoms = self.atoms[rows]
-        bins = np.rint(atoms / dt).astype(np.int64)
-        keep = bins < size
-        index = np.arange(len(atoms))[:, None] * size + bins
-        flat = np.bincount(index[keep], minlength=len(atoms) * size)
-        return np.asarray(flat.reshape(len(atoms), size) / _ATOMS, dtype=np.float64)
-
-
-class _LineMix:
-    """Session lengths of a pool's line: atoms of a weighted sample of its customers, rescaled to the line's mean."""
-
-    def __init__(self, grids: Sequence[Sequence[float]], weights: FloatArray, mean_length: float) -> None:
-        rows = np.arange(len(grids))
-        durations = DurationGrids(grids)
-        # Gauss-Hermite nodes in normal-score space: a length is exp of a near-linear function of a normal score,
-        # so these few atoms keep its mean and spread (evenly spaced probabilities lose the tails: 0.5% of the mean
-        # at sigma 0.4, which a line ten rounds deep adds up). As project_exactly draws them: fixed lengths stay.
-        self.atoms = durations.draw(np.broadcast_to(rows[:, None], (len(grids), len(_NODES))), _NODE_U[None, :])
-        self._weights = (weights / weights.sum())[:, None] * _NODE_WEIGHTS[None, :]
-        self._weights = self._weights.ravel()
-        # Means over the quantile grids, as the floor's exact sum of the line's expected lengths counts them.
-        means = np.maximum(np.exp(durations._y).mean(axis=1), _SHORTEST)
-        mean = max(mean_length, _SHORTEST)
-        self._scaled = (self.atoms * (mean / float(weights @ means / weights.sum()))).ravel()
-        self._common = (self.atoms * (mean / means)[:, None]).ravel()
-
-    def masses(self, dt: float, size: int, common_mean: bool) -> FloatArray:
-        """The mix as masses at the nearest grid times; `common_mean` rescales each customer to the line's mean."""
-        bins = np.rint((self._common if common_mean else self._scaled) / dt).astype(np.int64)
-        keep = bins < size
-        return np.asarray(np.bincount(bins[keep], self._weights[keep], minlength=size), dtype=np.float64)
-
-
-def _releases(
-    rooms: _RoomsAhead, mix: _LineMix, horizon: float, steps: int, spread: bool = True
-) -> tuple[FloatArray, FloatArray, FloatArray]:
-    """Times of a grid of `steps` steps up to `horizon`, and the mean and variance of the pool's releases by each.
-
-    `spread=False` leaves the variance out (zeros): the coarse grid that looks for the horizon needs the mean only.
-    """
-    size = steps + 1
-    dt = horizon / steps
-    t = np.arange(size) * dt
-    # First releases count exactly at the grid's times. Masses rounded to the nearest grid time feed the renewals,
-    # so a chain of sessions is not late by half a step per link.
-    f_sum = rooms.masses(dt, size)
-    f_sum[0] += rooms.idle
-    u = _renewal(mix.masses(dt, size, common_mean=False))
-    mean = np.convolve(f_sum, np.cumsum(u))[:size] + rooms.freed(dt, size) - np.cumsum(f_sum)
-    if not spread:
-        return np.asarray(t, dtype=np.float64), np.asarray(mean, dtype=np.float64), np.zeros(size)
-    uc = _renewal(mix.masses(dt, size, common_mean=True))
-    uc_total = np.cumsum(uc)
-    second = np.cumsum(2.0 * np.convolve(uc, uc)[:size] - uc)
-    # The squares need each room alone: every n-th sampled room (still spread over the end times) stands for n.
-    w = rooms.weights
-    step = max(len(w) // _VARIANCE_ROOMS, 1)
-    alone = np.zeros((0, size))
-    if len(w):  # a pool whose rooms are all free has none seated
-        alone = fftconvolve(rooms.masses(dt, size, slice(None, None, step)), uc_total[None, :], axes=1)[:, :size]
-    squares = (w[::step] * (w.sum() / max(w[::step].sum(), _SHORTEST))) @ (alone**2) + rooms.idle * uc_total**2
-    variance = np.convolve(f_sum, second)[:size] - squares
-    # The sample's own error: n(t) sums a sample of the rooms, and a room's count differs from its neighbours' in
-    # the order of end times by more than chance alone (two rooms due at the same time may have spreads far
-    # apart). That error is as large as the count's own spread on a floor of thousands of rooms, so the interval
-    # carries it too: the successive-difference variance of a stratified sample, per kind of room.
-    variance += _sample_variance(alone, w[::step], rooms.kinds[::step], np.bincount(rooms.kinds))
-    return (
-        np.asarray(t, dtype=np.float64),
-        np.asarray(mean, dtype=np.float64),
-        np.asarray(np.maximum(variance, 0.0), dtype=np.float64),
-    )
-
-
-def _sample_variance(
-    counts: FloatArray, weights: FloatArray, kinds: npt.NDArray[np.intp], sampled: npt.NDArray[np.intp]
-) -> FloatArray:
-    """Variance of a stratified sample's estimate of the pool's expected releases, by successive differences.
-
-    `counts` holds per-room expected releases (rows) of a subsample of the sampled rooms, in order of expected end
-    within each kind; each sampled room of a kind stands for `weights` rooms, and `sampled[kind]` were sampled.
-    A kind of N rooms sampled n times adds N^2 (1 - n/N) / n times half the mean squared difference of successive
-    rows (rooms a few strata apart: a little more than neighbours differ, so the estimate errs on the wide side).
-    """
-    total = np.zeros(counts.shape[1])
-    for kind in np.unique(kinds):
-        rows = np.flatnonzero(kinds == kind)
-        if len(rows) < 2:
-            continue
-        weight = float(weights[rows[0]])  # rooms of the kind each sampled room stands for: N / n
-        spread = np.mean(np.diff(counts[rows], axis=0) ** 2, axis=0) / 2
-        total += weight**2 * int(sampled[kind]) * max(1.0 - 1.0 / weight, 0.0) * spread
-    return total
-
-
-def expected_free_in(floor: Floor, now: datetime) -> dict[str, float]:
-    """Expected minutes until each room frees: its seated occupant's expected remaining time, 0 when free."""
-    room_ids = sorted(floor.rooms)
-    free_in = dict.fromkeys(room_ids, 0.0)
-    seated = [(room_id, o) for room_id in room_ids if (o := _occupant(floor, room_id)) is not None]
-    if seated:
-        grids = DurationGrids([o.prediction.quantiles for _, o in seated])
-        elapsed = np.array([minutes_between(o.assigned_at, now) for _, o in seated if o.assigned_at is not None])
-        u = (np.arange(_FREE_POINTS) + 0.5) / _FREE_POINTS
-        left = grids.conditional_remaining(np.arange(len(seated)), elapsed, u).mean(axis=1)
-        free_in.update((room_id, float(m)) for (room_id, _), m in zip(seated, left, strict=True))
-    return free_in

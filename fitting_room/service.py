@@ -28,18 +28,18 @@ from fitting_room.engine import (
 )
 from fitting_room.errors import ConflictError, InvalidRequestError, NotFoundError
 from fitting_room.estimates import (
+    WAIT_LEVEL,
     ArrivalForecast,
     PastArrival,
-    Pools,
     Projection,
     WaitInterval,
     estimate_wait,
     forecast_arrivals,
     project,
-    uses_pools,
 )
 from fitting_room.settings import Policy
 from fitting_room.store import Alert, Completion, Store, StoreBusyError
+from fitting_room.wait_pools import Pools, uses_pools
 
 ALERT_OUTCOMES = ("theft", "false_alarm", "item_found")
 # Readers that may not wait (the event loop) project floors up to this many sessions themselves, a few ms.
@@ -237,7 +237,7 @@ class FittingRoomService:
         self.new_id = new_id
         self._projections: FloorMemo[Projection] = FloorMemo()
         self._floor_views: FloorMemo[FloorView] = FloorMemo()
-        # A large FIFO floor's pool models (see estimates.Pools), shared by the waits read of it at one moment. Two
+        # A large FIFO floor's pool models (see wait_pools.Pools), shared by the waits read of it at one moment. Two
         # readers may make the same model at once: each is a function of the floor version, so either one is kept.
         self._pools: FloorMemo[Pools] = FloorMemo()
         # Long projections run from a copy of the floor outside the store's lock, one at a time per store.
@@ -518,8 +518,11 @@ class FittingRoomService:
         """One waiting customer's wait from a pool model of a large floor; None when it takes the whole projection."""
         if not uses_pools(floor, self.rules):
             return None
-        pools = self._pools.get(version, at, lambda: Pools(floor, at))
-        return estimate_wait(floor, session_id, at, self.rules, pools=pools)
+        return estimate_wait(floor, session_id, at, self.rules, pools=self._pool_models(floor, at, version))
+
+    def _pool_models(self, floor: Floor, at: datetime, version: int) -> Pools:
+        """The pool models of this floor version and moment, shared by every wait read of it."""
+        return self._pools.get(version, at, lambda: Pools(floor, at, WAIT_LEVEL))
 
     def _view(
         self,
@@ -544,12 +547,9 @@ class FittingRoomService:
     def _projection(self, floor: Floor, at: datetime, version: int) -> Projection:
         # The latest arrivals change only with the floor version, so the memo's key still covers everything.
         def compute() -> Projection:
-            arrivals = self._arrival_forecast(at, version)
-            if uses_pools(floor, self.rules):
-                # The pool models the session reads of this moment made are this projection's too.
-                pools = self._pools.get(version, at, lambda: Pools(floor, at))
-                return project(floor, at, self.rules, arrivals=arrivals, pools=pools)
-            return project(floor, at, self.rules, arrivals=arrivals)
+            # The pool models the session reads of this moment made are this projection's too.
+            pools = self._pool_models(floor, at, version) if uses_pools(floor, self.rules) else None
+            return project(floor, at, self.rules, arrivals=self._arrival_forecast(at, version), pools=pools)
 
         return self._projections.get(version, at, compute)
 

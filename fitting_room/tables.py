@@ -160,24 +160,6 @@ SESSION_EXISTS = select(sessions_table.c.session_id).where(
 )
 # The writes of every change, built once too: a statement made per call costs more to build than to run.
 # Keys of the rows are bound as key_*, so their names never clash with the columns being set.
-SESSION_FIELDS = (
-    "status",
-    "item_ids",
-    "needs_accessible",
-    "arrived_at",
-    "queue_seq",
-    "passed_over",
-    "room_id",
-    "assigned_at",
-    "ended_at",
-    "last_event_at",
-    "predicted_duration",
-    "interval_low",
-    "interval_high",
-    "interval_level",
-    "duration_quantiles",
-    "unknown_item_ids",
-)
 EXISTING_SESSIONS = select(sessions_table.c.session_id).where(
     sessions_table.c.store_id == bindparam("store_id"),
     sessions_table.c.session_id.in_(bindparam("session_ids", expanding=True)),
@@ -196,11 +178,14 @@ def _keyed_update(table: Table, fields: Sequence[str], key: str | None = None) -
     return update(table).where(*where).values({name: bindparam(name, type_=table.c[name].type) for name in fields})
 
 
+COMPLETION_FIELDS = ("exit_scans", "actual_duration", "anomaly")
+# What a change writes of a session: every column but its keys and the exit record, written once at completion.
+SESSION_FIELDS = tuple(
+    c.name for c in sessions_table.columns if c.name not in ("session_id", "store_id", *COMPLETION_FIELDS)
+)
 UPDATE_SESSION = _keyed_update(sessions_table, SESSION_FIELDS, "session_id")
-ROOM_FIELDS = ("session_id", "free_since", "last_event_at")
-UPDATE_ROOM = _keyed_update(rooms_table, ROOM_FIELDS, "room_id")
+UPDATE_ROOM = _keyed_update(rooms_table, ("session_id", "free_since", "last_event_at"), "room_id")
 UPDATE_QUEUE_SEQ = _keyed_update(store_state, ("next_queue_seq",))
 UPDATE_FLOOR_VERSION = _keyed_update(store_state, ("floor_version",))
-COMPLETION_FIELDS = ("exit_scans", "actual_duration", "anomaly")
 RECORD_COMPLETION = _keyed_update(sessions_table, COMPLETION_FIELDS, "session_id")
 INSERT_EVENT = insert(events_table)

@@ -10,8 +10,9 @@ import pytest
 from scipy.stats import norm
 
 from fitting_room import engine, estimates
-from fitting_room.engine import Floor, Room, Rules, Session
-from fitting_room.estimates import MIN_REMAINING_MINUTES, DurationDistribution, project
+from fitting_room.duration_grids import DurationDistribution
+from fitting_room.engine import MIN_REMAINING_MINUTES, Floor, Room, Rules, Session
+from fitting_room.estimates import project
 from fitting_room.settings import Policy
 from tests.engine_factories import (
     SessionFactory,

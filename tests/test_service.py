@@ -313,7 +313,7 @@ def test_a_long_projection_does_not_hold_up_writers(db: str, monkeypatch: pytest
 def test_a_large_fifo_floor_tells_one_customer_their_wait_without_projecting_the_floor(
     db: str, monkeypatch: pytest.MonkeyPatch
 ):
-    # 40 rooms and 30 waiting: past the floors always simulated, every customer in one pool (see estimates.Pools).
+    # 40 rooms and 30 waiting: past the floors always simulated, every customer in one pool (see wait_pools.Pools).
     service = make_service(db, [RoomSpec(f"room_{i:02d}", 6) for i in range(40)])
     waiting = fill(service, 70)[40:]
     projected: list[datetime] = []

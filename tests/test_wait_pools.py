@@ -11,22 +11,18 @@ import pytest
 from scipy.special import ndtr
 
 from fitting_room import estimates
+from fitting_room.duration_grids import DurationDistribution, DurationGrids
 from fitting_room.engine import Floor, Room, RoomSpec, Rules, Session, SessionStatus
-from fitting_room.estimates import (
+from fitting_room.estimates import WAIT_LEVEL, Projection, estimate_wait, project, project_exactly
+from fitting_room.settings import Policy
+from fitting_room.wait_pools import (
     EXACT_SESSIONS,
     POOL_LINE_SAMPLE,
     POOL_ROOM_SAMPLE,
-    DurationDistribution,
-    DurationGrids,
     Pools,
-    Projection,
-    estimate_wait,
     expected_free_in,
-    project,
-    project_exactly,
     uses_pools,
 )
-from fitting_room.settings import Policy
 from tests.engine_factories import T0, constant_prediction, lognormal_prediction
 
 FIFO = Rules()
@@ -173,7 +169,7 @@ def test_pool_model_agrees_with_the_simulation_on_a_mid_size_floor(seed: int, mo
     floor = large_floor(300, 300, seed)  # six kinds of rooms, three basket sizes: every customer fits every room
     pooled, simulated = project(floor, T0, FIFO), project_exactly(floor, T0, FIFO)
     waiting = floor.waitlist()
-    assert all(spot is not None for spot in Pools(floor, T0).spots(floor).values())
+    assert all(spot is not None for spot in Pools(floor, T0, WAIT_LEVEL).spots(floor).values())
     for s in waiting:
         sid = s.session_id
         assert_close(pooled.waits[sid], simulated.waits[sid], f"mean of {sid}")
@@ -196,7 +192,7 @@ def test_customers_behind_someone_with_other_rooms_are_simulated(monkeypatch: py
     # partly share, which one pool cannot tell. Those ahead are a pool; the rest get the simulation's answer.
     floor = large_floor(100, 100, 2, spec=lambda i: RoomSpec(f"r{i:03d}", 8, i % 10 == 0), needs=lambda j: (2, j == 50))
     pooled, simulated = project(floor, T0, FIFO), project_exactly(floor, T0, FIFO)
-    spots = Pools(floor, T0).spots(floor)
+    spots = Pools(floor, T0, WAIT_LEVEL).spots(floor)
     ids = [s.session_id for s in floor.waitlist()]
     assert [spots[sid] is not None for sid in ids] == [True] * 50 + [False] * 50
     for sid in ids[:50]:
@@ -219,7 +215,7 @@ def test_customers_whose_rooms_others_never_use_form_pools_of_their_own():
         needs=lambda j: (2, True) if j % 3 == 0 else (8, False),
     )
     pooled, simulated = project(floor, T0, FIFO), project_exactly(floor, T0, FIFO)
-    spots = Pools(floor, T0).spots(floor)
+    spots = Pools(floor, T0, WAIT_LEVEL).spots(floor)
     assert len({spot[0] for spot in spots.values() if spot is not None}) == 2
     for s in floor.waitlist():
         assert spots[s.session_id] is not None
@@ -232,7 +228,7 @@ def test_customers_whose_rooms_others_never_use_form_pools_of_their_own():
 def test_one_customers_estimate_is_the_projections_answer():
     floor = large_floor(200, 200, 4)
     projection = project(floor, T0, FIFO)
-    pools = Pools(floor, T0)
+    pools = Pools(floor, T0, WAIT_LEVEL)
     for s in floor.waitlist()[::37]:
         assert estimate_wait(floor, s.session_id, T0, FIFO) == (
             projection.waits[s.session_id],
@@ -249,7 +245,7 @@ def test_one_customers_estimate_reads_as_many_sessions_on_a_floor_ten_times_larg
         floor.positions()  # the engine's index, built once per floor (and then kept up to date) is not the estimate's
         last = floor.waitlist()[-1].session_id
         CountingDict.reads = 0
-        pools = Pools(floor, T0)
+        pools = Pools(floor, T0, WAIT_LEVEL)
         assert estimate_wait(floor, last, T0, FIFO, pools=pools) is not None
         reads[size] = CountingDict.reads
         sessions[size] = next(iter(pools._models.values())).sessions
