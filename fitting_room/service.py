@@ -391,6 +391,13 @@ class FittingRoomService:
         """check_exit of a session the store knows (analyse_if_unknown said so): complete it and free the room."""
         return self.store.retrying(lambda: self._complete(report, now))
 
+    def seen(self, session_id: str) -> bool:
+        """True when a floor this process holds has had the session: the store knows it, for good (no I/O, no lock).
+
+        False says nothing: analyse_if_unknown has the answer.
+        """
+        return self.store.seen_on_floor(session_id)
+
     def analyse_if_unknown(self, report: ExitReport, now: datetime, *, wait: bool = True) -> ExitResult | None:
         """The analysis of a session this store never saw (no state change); None when the store knows it."""
         with self.store.floor(wait) as snapshot:
@@ -439,6 +446,8 @@ class FittingRoomService:
         with self.store.write() as tx:
             floor = tx.load_floor()
             now = floor.catch_up(now)  # `now` is the server's clock: explicit times come in the report
+            if report.room_id not in floor.rooms:
+                raise NotFoundError(f"unknown room {report.room_id!r}")
             session = floor.active.get(report.session_id)
             if session is None:
                 stored, _ = tx.get_session(report.session_id)

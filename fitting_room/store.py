@@ -291,6 +291,12 @@ class Store:
         finally:
             self._lock.release()
 
+    def seen_on_floor(self, session_id: str) -> bool:
+        """True when the cached floor, however stale, has the session: the store has seen it, as sessions are never
+        deleted. Takes no lock (one dict lookup, atomic under the GIL, while writers change that floor in place)."""
+        floor = self._cache.floor
+        return floor is not None and session_id in floor.active
+
     def known_version(self) -> int | None:
         """The floor version as of now if the probe shows nothing committed since a read verified it, else None.
 

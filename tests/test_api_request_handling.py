@@ -3,14 +3,19 @@ changes of a store leaving the event loop one at a time."""
 
 from __future__ import annotations
 
+import gc
 import threading
+import weakref
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
 
+from api import create_app
 from fitting_room.rooms import DEFAULT_STORE
+from fitting_room.settings import Settings
+from tests.conftest import Artifacts
 from tests.test_api import ITEMS, README_ANOMALY_BODY, floor
 
 SELF_VALIDATED = {
@@ -185,6 +190,8 @@ def test_an_exit_while_a_change_holds_the_floor_goes_to_the_change_thread_withou
 ):
     occupant = client.post("/assign_room", json={"item_ids": ITEMS}).json()
     body = {"session_id": occupant["session_id"], "room_id": occupant["room_id"], "exit_scans": ITEMS}
+    service = client.app.state.ctx.stores[DEFAULT_STORE].service  # type: ignore[attr-defined]
+    monkeypatch.setattr(service, "seen", lambda _session_id: False)  # as if another replica had seated them
     status, answer, pool_calls = _exit_while_a_change_holds_the_floor(client, monkeypatch, body)
     assert status == 200, answer
     assert answer["room_released"] is True
@@ -203,3 +210,47 @@ def test_an_unknown_session_checked_while_the_floor_is_held_is_still_only_analys
     assert answer["missing_items"] == ["sku-0015"]
     assert pool_calls == []
     assert floor(client) == before
+
+
+def test_releasing_a_customer_this_process_seated_goes_straight_to_the_change_thread(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+):
+    occupant = client.post("/assign_room", json={"item_ids": ITEMS}).json()
+    service = client.app.state.ctx.stores[DEFAULT_STORE].service  # type: ignore[attr-defined]
+
+    def no_second_look(*_args: Any, **_kwargs: Any) -> Any:
+        raise AssertionError("a session this process seated was looked up again")
+
+    monkeypatch.setattr(service, "analyse_if_unknown", no_second_look)
+    body = {"session_id": occupant["session_id"], "room_id": occupant["room_id"], "exit_scans": ITEMS}
+    answer = client.post("/detect_anomaly", json=body)
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["room_released"] is True
+    monkeypatch.undo()
+    again = client.post("/detect_anomaly", json=body)
+    assert again.status_code == 409
+    assert "is completed" in again.json()["detail"]
+    # The change thread's own checks stand in for the skipped look: a known session and a room that is not there.
+    seated = client.post("/assign_room", json={"item_ids": ITEMS}).json()
+    assert service.seen(seated["session_id"])
+    wrong_room = {"session_id": seated["session_id"], "room_id": "room_99", "exit_scans": ITEMS}
+    missing = client.post("/detect_anomaly", json=wrong_room)
+    assert missing.status_code == 404
+    assert missing.json()["detail"] == "unknown room 'room_99'"
+
+
+def test_the_loaded_heap_is_hidden_from_the_collector_and_a_reload_lets_the_replaced_models_go(client: TestClient):
+    assert gc.get_freeze_count() > 50_000  # the models, catalog and imports: full collections no longer walk them
+    service = client.app.state.ctx.stores[DEFAULT_STORE].service  # type: ignore[attr-defined]
+    replaced = weakref.ref(service.predictor)
+    assert client.post("/models/reload").status_code == 200
+    # Frozen objects are still freed by reference counting; a cycle through the models would keep them forever.
+    assert replaced() is None
+    assert client.post("/predict_duration", json={"item_ids": ITEMS}).status_code == 200
+
+
+def test_the_heap_thaws_when_the_app_stops(artifacts: Artifacts, database: str):
+    settings = Settings(data_dir=artifacts.data_dir, model_dir=artifacts.model_dir, database=database)
+    with TestClient(create_app(settings)):
+        assert gc.get_freeze_count() > 0
+    assert gc.get_freeze_count() == 0
