@@ -168,12 +168,14 @@ class Changes:
     rooms: set[str] = field(default_factory=set)
     sessions: set[str] = field(default_factory=set)
     promoted: list[str] = field(default_factory=list)
+    arrived: set[str] = field(default_factory=set)  # sessions created here: rows to insert, not update
 
     def merge(self, other: Changes) -> None:
         """Add another operation's changes to these."""
         self.rooms |= other.rooms
         self.sessions |= other.sessions
         self.promoted.extend(other.promoted)
+        self.arrived |= other.arrived
 
 
 @dataclass
@@ -571,7 +573,7 @@ def admit(floor: Floor, session: Session, now: datetime) -> Changes:
     room = floor.rooms[room_id] if room_id is not None else None
     if room is not None:
         _ensure_not_before("arrival", now, room.last_event_at)  # before any change: errors change nothing
-    changes = Changes(sessions={session.session_id})
+    changes = Changes(sessions={session.session_id}, arrived={session.session_id})
     session.last_event_at = now
     if room is None:
         session.status = SessionStatus.WAITLISTED

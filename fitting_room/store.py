@@ -47,13 +47,13 @@ from fitting_room.estimates import MIX_SIZE, PastArrival
 from fitting_room.notify import CHANNEL, Doorbell, PostgresListener
 from fitting_room.rooms import DEFAULT_STORE
 from fitting_room.tables import (
-    EXISTING_SESSIONS,
     FLOOR_VERSION,
     INSERT_EVENT,
     INSERT_SESSION,
     LOCK_STORE,
     RECORD_COMPLETION,
     SESSION_EXISTS,
+    UPDATE_FLOOR_STATE,
     UPDATE_FLOOR_VERSION,
     UPDATE_QUEUE_SEQ,
     UPDATE_ROOM,
@@ -126,7 +126,9 @@ def _sqlite_on_begin(conn: Connection) -> None:
 def make_engine(url: str) -> Engine:
     """A SQLAlchemy engine for the URL, with SQLite set up for WAL, durability and our locking."""
     if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+        # No rollback when a connection returns to the pool: the driver is in autocommit mode and every transaction
+        # is ours (BEGIN below) and ends with its block, so there is nothing to reset, and the call cost every change.
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30}, pool_reset_on_return=None)
         event.listen(engine, "connect", _sqlite_on_connect)
         event.listen(engine, "begin", _sqlite_on_begin)
         return engine
@@ -461,13 +463,23 @@ class Transaction:
         assert version is not None, "read the floor first"
         return version
 
-    def _bump_version(self) -> None:
-        """Mark the floor changed: this transaction commits the next version (once, however many changes)."""
+    def _bump_version(self, next_queue_seq: int | None = None) -> None:
+        """Mark the floor changed: this transaction commits the next version (once, however many changes).
+
+        With `next_queue_seq` the floor's line counter is written too, in the same statement the first time.
+        """
+        key = {"key_store_id": self.store_id}
         if self.new_version is not None:
+            if next_queue_seq is not None:
+                self.conn.execute(UPDATE_QUEUE_SEQ, key | {"next_queue_seq": next_queue_seq})
             return
         assert self.version is not None, "write transactions lock the store first"
         self.new_version = self.version + 1
-        self.conn.execute(UPDATE_FLOOR_VERSION, {"key_store_id": self.store_id, "floor_version": self.new_version})
+        if next_queue_seq is None:
+            self.conn.execute(UPDATE_FLOOR_VERSION, key | {"floor_version": self.new_version})
+        else:
+            values = {"floor_version": self.new_version, "next_queue_seq": next_queue_seq}
+            self.conn.execute(UPDATE_FLOOR_STATE, key | values)
 
     def sync_rooms(self, specs: Sequence[RoomSpec]) -> list[str]:
         """Make the rooms table match the rooms file; returns ids of occupied rooms kept though removed."""
@@ -527,10 +539,7 @@ class Transaction:
     def save(self, floor: Floor, changes: Changes, ended: Iterable[Session] = ()) -> None:
         """Write the rows an engine operation touched (`ended` holds sessions that left the floor)."""
         self.floor = floor
-        self._bump_version()
-        # Only the touched sessions are looked up: merging `ended` into the whole floor would cost O(floor size).
         left = {s.session_id: s for s in ended}
-        known = self._existing_session_ids(changes.sessions)
         # Sessions leaving a room are written before those entering one: the unique index sees no overlap.
         touched = sorted(
             (floor.active[sid] if sid in floor.active else left[sid] for sid in changes.sessions),
@@ -538,13 +547,15 @@ class Transaction:
         )
         for session in touched:
             values = _session_values(session)
-            if session.session_id in known:
-                keys = {"key_store_id": self.store_id, "key_session_id": session.session_id}
-                self.conn.execute(UPDATE_SESSION, keys | values)
-            else:
+            if session.session_id in changes.arrived:
                 self.conn.execute(
                     INSERT_SESSION, {"session_id": session.session_id, "store_id": self.store_id} | values
                 )
+                continue
+            keys = {"key_store_id": self.store_id, "key_session_id": session.session_id}
+            if self.conn.execute(UPDATE_SESSION, keys | values).rowcount != 1:
+                # Rolls the change back: a session on the floor without its row would be lost at the next load.
+                raise LookupError(f"session {session.session_id!r} of store {self.store_id!r} has no row")
         for room_id in sorted(changes.rooms, key=lambda rid: floor.rooms[rid].session_id is not None):
             room = floor.rooms[room_id]
             self.conn.execute(
@@ -557,7 +568,7 @@ class Transaction:
                     "last_event_at": room.last_event_at,
                 },
             )
-        self.conn.execute(UPDATE_QUEUE_SEQ, {"key_store_id": self.store_id, "next_queue_seq": floor.next_queue_seq})
+        self._bump_version(floor.next_queue_seq)
         for session in touched:
             self.log_event(
                 f"session_{session.status.value}",
@@ -588,13 +599,6 @@ class Transaction:
             events_table.c.store_id == self.store_id
         )
         return int(self.conn.execute(newest).scalar_one())
-
-    def _existing_session_ids(self, ids: Iterable[str]) -> set[str]:
-        wanted = list(ids)
-        if not wanted:
-            return set()
-        rows = self.conn.execute(EXISTING_SESSIONS, {"store_id": self.store_id, "session_ids": wanted})
-        return {r[0] for r in rows}
 
     def get_idempotency(self, key: str) -> tuple[str, dict[str, Any]] | None:
         """Fingerprint and stored response of an idempotency key, if it was used."""

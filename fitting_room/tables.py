@@ -160,10 +160,6 @@ SESSION_EXISTS = select(sessions_table.c.session_id).where(
 )
 # The writes of every change, built once too: a statement made per call costs more to build than to run.
 # Keys of the rows are bound as key_*, so their names never clash with the columns being set.
-EXISTING_SESSIONS = select(sessions_table.c.session_id).where(
-    sessions_table.c.store_id == bindparam("store_id"),
-    sessions_table.c.session_id.in_(bindparam("session_ids", expanding=True)),
-)
 INSERT_SESSION = insert(sessions_table)
 
 
@@ -187,5 +183,6 @@ UPDATE_SESSION = _keyed_update(sessions_table, SESSION_FIELDS, "session_id")
 UPDATE_ROOM = _keyed_update(rooms_table, ("session_id", "free_since", "last_event_at"), "room_id")
 UPDATE_QUEUE_SEQ = _keyed_update(store_state, ("next_queue_seq",))
 UPDATE_FLOOR_VERSION = _keyed_update(store_state, ("floor_version",))
+UPDATE_FLOOR_STATE = _keyed_update(store_state, ("floor_version", "next_queue_seq"))
 RECORD_COMPLETION = _keyed_update(sessions_table, COMPLETION_FIELDS, "session_id")
 INSERT_EVENT = insert(events_table)

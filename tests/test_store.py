@@ -93,12 +93,12 @@ def test_a_retry_inside_an_outer_transaction_is_left_to_the_outer_caller(databas
     assert attempts == [1]
 
 
-def rooms_queries(store: Store) -> list[str]:
-    """Collects the statements that read the rooms table while it is attached."""
+def statements(store: Store, containing: str = "") -> list[str]:
+    """Collects the statements (containing `containing`) the store's engine sends while it is attached."""
     seen: list[str] = []
 
     def record(_conn: object, _cursor: object, statement: str, *_args: object) -> None:
-        if "FROM rooms" in statement:
+        if containing in statement:
             seen.append(statement)
 
     event.listen(store.engine, "before_cursor_execute", record)
@@ -108,7 +108,7 @@ def rooms_queries(store: Store) -> list[str]:
 def test_an_unchanged_floor_is_served_from_memory(database: str):
     service = make_service(database, ROOMS)
     service.assign(ITEMS, False, at(0))
-    seen = rooms_queries(service.store)
+    seen = statements(service.store, containing="FROM rooms")
     for _ in range(3):
         service.floor_status(at(1))
     service.assign(ITEMS, False, at(2))
@@ -155,3 +155,28 @@ def test_a_reader_that_may_not_wait_is_told_the_floor_is_busy(database: str):
     kept = service.floor_status(at(0))  # no writer now; the view of this moment is kept for readers that can't wait
     assert service.floor_status(at(0), wait=False) is kept
     assert kept.rooms[0].session is None
+
+
+def test_a_change_writes_each_touched_row_once_and_looks_nothing_up(database: str):
+    service = make_service(database, ROOMS)
+    service.floor_status(at(0))
+    sent = statements(service.store)
+    seated = service.assign(ITEMS, False, at(1)).session
+    waiting = service.assign(ITEMS, False, at(2)).session
+    service.check_exit(ExitReport(seated.session_id, "room_1", ITEMS, actual_duration=5.0), at(5))
+    # New sessions are inserted, known ones updated; the floor version and the line counter share one UPDATE.
+    assert not [s for s in sent if s.startswith("SELECT sessions")]
+    assert sum(s.startswith("UPDATE store_state") for s in sent) == 3
+    assert sum(s.startswith("INSERT INTO sessions") for s in sent) == 2
+    assert service.session(waiting.session_id, at(6)).session.room_id == "room_1"
+
+
+def test_a_session_on_the_floor_without_its_row_fails_the_change_and_changes_nothing(database: str):
+    service = make_service(database, ROOMS)
+    seated = service.assign(ITEMS, False, at(0)).session
+    with service.store.engine.begin() as conn:
+        conn.execute(text("DELETE FROM events"))
+        conn.execute(text("DELETE FROM sessions"))
+    with pytest.raises(LookupError, match="has no row"):
+        service.check_exit(ExitReport(seated.session_id, "room_1", ITEMS, actual_duration=5.0), at(5))
+    assert service.floor_status(at(6)).rooms[0].room.session_id == seated.session_id  # the release rolled back
