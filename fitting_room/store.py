@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import datetime
@@ -148,6 +148,7 @@ class Database:
         self._listener: PostgresListener | None = None
         self._probe: ChangeProbe | None = None
         self._probe_guard = threading.Lock()
+        self._held: dict[str, Connection] = {}
 
     @property
     def is_postgresql(self) -> bool:
@@ -178,6 +179,21 @@ class Database:
         with self._locks_guard:
             return self._locks.setdefault(store_id, threading.RLock())
 
+    def held_connection(self, store_id: str) -> Connection | None:
+        """The connection `store_id`'s writers reuse, under its floor lock: SQLite only (None on PostgreSQL).
+
+        A checkout from the pool and the check-in after cost more than most statements of a change; a local file's
+        connection never goes stale, so each store keeps one open until close() (a broken one is replaced).
+        """
+        if self.is_postgresql:
+            return None
+        conn = self._held.get(store_id)
+        if conn is None or conn.closed or conn.invalidated:
+            if conn is not None:
+                conn.close()
+            conn = self._held[store_id] = self.engine.connect().execution_options(immediate=True)
+        return conn
+
     def migrate(self) -> None:
         """Bring the schema to the newest migration (creates it in an empty database)."""
         from fitting_room.migrations import upgrade
@@ -192,6 +208,9 @@ class Database:
         if self._probe is not None:
             self._probe.close()
             self._probe = None
+        for conn in self._held.values():
+            conn.close()
+        self._held.clear()
         self.engine.dispose()
 
 
@@ -244,8 +263,7 @@ class Store:
         if current is not None and current.writable:
             yield current
             return
-        with self._lock, self.engine.connect() as conn:
-            conn = conn.execution_options(immediate=True)
+        with self._lock, self._write_connection() as conn:
             try:
                 with conn.begin():
                     tx = Transaction(conn, self.store_id, writable=True, cache=self._cache)
@@ -261,6 +279,13 @@ class Store:
             self._cache.committed(tx)
         if tx.logged:
             self.database.bell.ring()
+
+    def _write_connection(self) -> AbstractContextManager[Connection]:
+        """The store's held connection (kept open after the block), else one from the pool (returned after)."""
+        held = self.database.held_connection(self.store_id)
+        if held is not None:
+            return nullcontext(held)
+        return self.engine.connect().execution_options(immediate=True)
 
     @contextmanager
     def locked(self) -> Iterator[None]:

@@ -180,3 +180,22 @@ def test_a_session_on_the_floor_without_its_row_fails_the_change_and_changes_not
     with pytest.raises(LookupError, match="has no row"):
         service.check_exit(ExitReport(seated.session_id, "room_1", ITEMS, actual_duration=5.0), at(5))
     assert service.floor_status(at(6)).rooms[0].room.session_id == seated.session_id  # the release rolled back
+
+
+def test_sqlite_writes_of_a_store_reuse_one_connection_and_replace_it_when_broken(tmp_path):
+    service = make_service(f"sqlite:///{tmp_path / 'state.db'}", ROOMS)
+    service.assign(ITEMS, False, at(0))
+    checkouts: list[object] = []
+    event.listen(service.store.engine, "checkout", lambda *args: checkouts.append(args))
+    for minute in range(1, 4):
+        service.assign(ITEMS, False, at(minute))
+    assert checkouts == []  # no trip through the pool per change
+    held = service.store.database.held_connection(service.store.store_id)
+    assert held is not None
+    held.invalidate()
+    assert service.assign(ITEMS, False, at(5)).session.queue_seq is not None
+    assert len(checkouts) == 1
+    replacement = service.store.database.held_connection(service.store.store_id)
+    assert held.closed and replacement is not held
+    service.store.database.close()
+    assert replacement is not None and replacement.closed
