@@ -463,11 +463,8 @@ class FittingRoomService:
                 session.item_ids, report.exit_scans, duration, session.prediction, session.assigned_at
             )
             changes = engine.release(floor, session.session_id, report.room_id, exit_time, self.rules)
-            tx.save(floor, changes, ended=[session])
-            tx.record_completion(
-                session.session_id,
-                Completion(list(report.exit_scans), duration, _anomaly_record(anomaly)),
-            )
+            completion = Completion(list(report.exit_scans), duration, _anomaly_record(anomaly))
+            tx.save(floor, changes, ended=[session], completions={session.session_id: completion})
             alert_id = self._raise_alert(tx, session, anomaly, exit_time) if anomaly.is_anomaly else None
             promoted = replace(floor.active[changes.promoted[0]]) if changes.promoted else None
         return ExitResult(

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -51,8 +51,8 @@ from fitting_room.tables import (
     INSERT_EVENT,
     INSERT_SESSION,
     LOCK_STORE,
-    RECORD_COMPLETION,
     SESSION_EXISTS,
+    UPDATE_ENDED_SESSION,
     UPDATE_FLOOR_STATE,
     UPDATE_FLOOR_VERSION,
     UPDATE_QUEUE_SEQ,
@@ -561,8 +561,15 @@ class Transaction:
         ).scalar_one()
         return Floor(rooms=rooms, active=active, next_queue_seq=next_seq)
 
-    def save(self, floor: Floor, changes: Changes, ended: Iterable[Session] = ()) -> None:
-        """Write the rows an engine operation touched (`ended` holds sessions that left the floor)."""
+    def save(
+        self,
+        floor: Floor,
+        changes: Changes,
+        ended: Iterable[Session] = (),
+        completions: Mapping[str, Completion] | None = None,
+    ) -> None:
+        """Write the rows an engine operation touched (`ended` holds sessions that left the floor, `completions`
+        what exit checks recorded for some of them)."""
         self.floor = floor
         left = {s.session_id: s for s in ended}
         # Sessions leaving a room are written before those entering one: the unique index sees no overlap.
@@ -571,14 +578,17 @@ class Transaction:
             key=lambda s: s.status is SessionStatus.ASSIGNED,
         )
         for session in touched:
-            values = _session_values(session)
             if session.session_id in changes.arrived:
-                self.conn.execute(
-                    INSERT_SESSION, {"session_id": session.session_id, "store_id": self.store_id} | values
-                )
+                values = {"session_id": session.session_id, "store_id": self.store_id} | _session_values(session)
+                self.conn.execute(INSERT_SESSION, values)
                 continue
             keys = {"key_store_id": self.store_id, "key_session_id": session.session_id}
-            if self.conn.execute(UPDATE_SESSION, keys | values).rowcount != 1:
+            completion = completions.get(session.session_id) if completions else None
+            if completion is None:
+                written = self.conn.execute(UPDATE_SESSION, keys | _state_values(session))
+            else:
+                written = self.conn.execute(UPDATE_ENDED_SESSION, keys | _state_values(session) | vars(completion))
+            if written.rowcount != 1:
                 # Rolls the change back: a session on the floor without its row would be lost at the next load.
                 raise LookupError(f"session {session.session_id!r} of store {self.store_id!r} has no row")
         for room_id in sorted(changes.rooms, key=lambda rid: floor.rooms[rid].session_id is not None):
@@ -689,19 +699,6 @@ class Transaction:
         found = self.conn.execute(SESSION_EXISTS, {"store_id": self.store_id, "session_id": session_id}).first()
         return found is not None
 
-    def record_completion(self, session_id: str, completion: Completion) -> None:
-        """Store a finished session's exit scans, duration and anomaly result."""
-        self.conn.execute(
-            RECORD_COMPLETION,
-            {
-                "key_store_id": self.store_id,
-                "key_session_id": session_id,
-                "exit_scans": completion.exit_scans,
-                "actual_duration": completion.actual_duration,
-                "anomaly": completion.anomaly,
-            },
-        )
-
     def add_alert(self, alert: dict[str, Any]) -> int:
         """Open an alert for a flagged session; returns its id."""
         result = self.conn.execute(insert(alerts_table).values(store_id=self.store_id, status="open", **alert))
@@ -795,20 +792,26 @@ def _session_from_row(row: RowMapping) -> Session:
     )
 
 
-def _session_values(session: Session) -> dict[str, Any]:
-    """The SESSION_FIELDS of a session's row."""
-    p = session.prediction
+def _state_values(session: Session) -> dict[str, Any]:
+    """The SESSION_STATE_FIELDS of a session's row."""
     return {
         "status": session.status.value,
-        "item_ids": list(session.item_ids),
-        "needs_accessible": session.needs_accessible,
-        "arrived_at": session.arrived_at,
         "queue_seq": session.queue_seq,
         "passed_over": session.passed_over,
         "room_id": session.room_id,
         "assigned_at": session.assigned_at,
         "ended_at": session.ended_at,
         "last_event_at": session.last_event_at,
+    }
+
+
+def _session_values(session: Session) -> dict[str, Any]:
+    """The SESSION_FIELDS of a session's row."""
+    p = session.prediction
+    return _state_values(session) | {
+        "item_ids": list(session.item_ids),
+        "needs_accessible": session.needs_accessible,
+        "arrived_at": session.arrived_at,
         "predicted_duration": p.median,
         "interval_low": p.low,
         "interval_high": p.high,

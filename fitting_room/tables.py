@@ -175,14 +175,16 @@ def _keyed_update(table: Table, fields: Sequence[str], key: str | None = None) -
 
 
 COMPLETION_FIELDS = ("exit_scans", "actual_duration", "anomaly")
-# What a change writes of a session: every column but its keys and the exit record, written once at completion.
+# What an arrival writes of a session: every column but its keys and the exit record, written once at completion.
 SESSION_FIELDS = tuple(
     c.name for c in sessions_table.columns if c.name not in ("session_id", "store_id", *COMPLETION_FIELDS)
 )
-UPDATE_SESSION = _keyed_update(sessions_table, SESSION_FIELDS, "session_id")
+# What a later change may alter; the rest (items, needs, arrival, prediction) stays as the arrival wrote it.
+SESSION_STATE_FIELDS = ("status", "queue_seq", "passed_over", "room_id", "assigned_at", "ended_at", "last_event_at")
+UPDATE_SESSION = _keyed_update(sessions_table, SESSION_STATE_FIELDS, "session_id")
+UPDATE_ENDED_SESSION = _keyed_update(sessions_table, SESSION_STATE_FIELDS + COMPLETION_FIELDS, "session_id")
 UPDATE_ROOM = _keyed_update(rooms_table, ("session_id", "free_since", "last_event_at"), "room_id")
 UPDATE_QUEUE_SEQ = _keyed_update(store_state, ("next_queue_seq",))
 UPDATE_FLOOR_VERSION = _keyed_update(store_state, ("floor_version",))
 UPDATE_FLOOR_STATE = _keyed_update(store_state, ("floor_version", "next_queue_seq"))
-RECORD_COMPLETION = _keyed_update(sessions_table, COMPLETION_FIELDS, "session_id")
 INSERT_EVENT = insert(events_table)

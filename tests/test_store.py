@@ -199,3 +199,25 @@ def test_sqlite_writes_of_a_store_reuse_one_connection_and_replace_it_when_broke
     assert held.closed and replacement is not held
     service.store.database.close()
     assert replacement is not None and replacement.closed
+
+
+def test_the_rows_hold_what_the_floor_holds_after_every_kind_of_change(database: str):
+    service = make_service(database, [RoomSpec("room_1", 6), RoomSpec("room_2", 6)])
+    sessions = [service.assign(ITEMS, False, at(minute)).session for minute in range(5)]  # 2 seated, 3 in line
+    service.cancel(sessions[3].session_id, at(6))
+    service.check_exit(ExitReport(sessions[0].session_id, "room_1", ITEMS[:1], actual_duration=5.0), at(7))
+    with service.store.floor() as snapshot:
+        memory = snapshot.floor.copy()
+    fresh = Database(database).store(service.store.store_id)  # its own engine and no cache: reads the rows
+    with fresh.read() as tx:
+        rows = tx.load_floor()
+        completed, completion = tx.get_session(sessions[0].session_id)
+        cancelled, _ = tx.get_session(sessions[3].session_id)
+    assert rows.active == memory.active and rows.rooms == memory.rooms
+    assert rows.next_queue_seq == memory.next_queue_seq
+    assert rows.active[sessions[2].session_id].room_id == "room_1"  # promoted into the freed room
+    assert completed.status.value == "completed" and completed.prediction == sessions[0].prediction
+    assert completion is not None and completion.exit_scans == ITEMS[:1] and completion.actual_duration == 5.0
+    assert completion.anomaly["missing_items"] == ITEMS[1:]
+    assert cancelled.status.value == "cancelled"
+    fresh.database.close()
