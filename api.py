@@ -9,20 +9,21 @@ import asyncio
 import contextvars
 import gc
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, TypeVar, cast
 
 import anyio
 from fastapi import Depends, FastAPI, Query, Request, Security
 from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from fastapi.routing import APIRoute
 from fastapi.security import APIKeyHeader, APIKeyQuery
 from pydantic import BaseModel, ValidationError
 from threadpoolctl import threadpool_limits
@@ -360,12 +361,37 @@ def self_validated(model: type[BaseModel], *, idempotent: bool = False) -> dict[
     return operation
 
 
+class SelfValidatedRoute(APIRoute):
+    """A route whose endpoint takes the Request, checks its key and body itself and returns the Response.
+
+    FastAPI's request handler would solve the endpoint's one parameter and pass its Response through untouched:
+    ~14 µs of every kiosk call for nothing. Its OpenAPI operation comes from the route as for any other.
+    """
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        """The endpoint itself."""
+        return cast(Callable[[Request], Coroutine[Any, Any, Response]], self.endpoint)
+
+
 def post_self_validated(
     app: FastAPI, path: str, response: type[BaseModel], body: type[BaseModel], *, idempotent: bool = False
-) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """`app.post` for a route that checks its key and validates its body itself, documented as a declared one."""
+) -> Callable[[Callable[[Request], Coroutine[Any, Any, Response]]], Any]:
+    """`app.post` for a SelfValidatedRoute (key and body checked by the endpoint), documented as a declared one."""
     extra = self_validated(body, idempotent=idempotent)
-    return app.post(path, response_model=response, responses=ERRORS, openapi_extra=extra)
+
+    def register(endpoint: Callable[[Request], Coroutine[Any, Any, Response]]) -> Any:
+        app.router.add_api_route(
+            path,
+            endpoint,
+            methods=["POST"],
+            response_model=response,
+            responses=ERRORS,
+            openapi_extra=extra,
+            route_class_override=SelfValidatedRoute,
+        )
+        return endpoint
+
+    return register
 
 
 async def change_request(
@@ -547,7 +573,7 @@ def _add_routes(app: FastAPI) -> None:
         return json_response(presenters.prediction_response(store.service.predict(body.item_ids, entry, body.level)))
 
     @post_self_validated(app, "/assign_room", AssignRoomResponse, AssignRoomRequest, idempotent=True)
-    async def assign_room(request: Request) -> Any:
+    async def assign_room(request: Request) -> Response:
         """Assign the best free room, or a durable place on the waitlist."""
         store, key, body = await change_request(request, Role.KIOSK, KIOSK_ACTION, AssignRoomRequest)
         metrics = request.app.state.ctx.metrics
@@ -595,7 +621,7 @@ def _add_routes(app: FastAPI) -> None:
         return await run_change(store, once, store, key, request, None, act)
 
     @post_self_validated(app, "/detect_anomaly", DetectAnomalyResponse, DetectAnomalyRequest, idempotent=True)
-    async def detect_anomaly(request: Request) -> Any:
+    async def detect_anomaly(request: Request) -> Response:
         """Check a finished session; for the session in that room, complete it and free the room."""
         store, key, body = await change_request(request, Role.STAFF, STAFF_ACTION, DetectAnomalyRequest)
         metrics = request.app.state.ctx.metrics

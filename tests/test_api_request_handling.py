@@ -254,3 +254,20 @@ def test_the_heap_thaws_when_the_app_stops(artifacts: Artifacts, database: str):
     with TestClient(create_app(settings)):
         assert gc.get_freeze_count() > 0
     assert gc.get_freeze_count() == 0
+
+
+@pytest.mark.parametrize("path", SELF_VALIDATED)
+def test_hot_routes_skip_fastapis_dependency_solving_and_keep_their_openapi_operation(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch, path: str
+):
+    import fastapi.routing
+
+    def no_solving(*_args: Any, **_kwargs: Any) -> Any:
+        raise AssertionError(f"{path} solved dependencies")
+
+    monkeypatch.setattr(fastapi.routing, "solve_dependencies", no_solving)
+    answer = client.post(path, json=BODIES[path])
+    assert answer.status_code == 200, answer.text
+    operation = client.get("/openapi.json").json()["paths"][path]["post"]
+    assert operation["requestBody"]["content"]["application/json"]["schema"]["$ref"].endswith(SELF_VALIDATED[path][0])
+    assert "200" in operation["responses"] and "422" in operation["responses"]
