@@ -89,20 +89,26 @@ T = TypeVar("T")
 
 
 @dataclass(frozen=True)
-class DurationEstimate:
+class DurationInterval:
     """Predicted session duration in minutes.
 
     `median` is the point prediction (conditional median: half of comparable sessions take
-    longer); [`low`, `high`] is the central interval holding a fraction `level` of sessions;
-    `quantiles[i]` is the duration not exceeded with probability QUANTILE_LEVELS[i].
+    longer); [`low`, `high`] is the central interval holding a fraction `level` of sessions.
     """
 
     median: float
     low: float
     high: float
     level: float
-    quantiles: tuple[float, ...]
     unknown_item_ids: list[str]
+
+
+@dataclass(frozen=True)
+class DurationEstimate(DurationInterval):
+    """A DurationInterval with the whole distribution: `quantiles[i]` is the duration not exceeded with
+    probability QUANTILE_LEVELS[i]."""
+
+    quantiles: tuple[float, ...]
 
 
 @dataclass(frozen=True)
@@ -256,6 +262,27 @@ class DurationPredictor(_Persistent):
         self, item_ids: Sequence[str], entry_time: datetime, catalog: Catalog, level: float = 0.9
     ) -> DurationEstimate:
         """Predicted duration for a session starting now with these items; `level` in 0.5-0.99."""
+        found, center, scale = self._row_interval(item_ids, entry_time, catalog, level)
+        grid = np.exp(center + scale * self.quantile_grid_)
+        return DurationEstimate(
+            median=found.median,
+            low=found.low,
+            high=found.high,
+            level=found.level,
+            unknown_item_ids=found.unknown_item_ids,
+            quantiles=tuple(grid.tolist()),  # Python floats, the same values
+        )
+
+    def interval(
+        self, item_ids: Sequence[str], entry_time: datetime, catalog: Catalog, level: float = 0.9
+    ) -> DurationInterval:
+        """estimate() without the quantile grid, which a kiosk's prediction never shows (a sixth of its cost)."""
+        return self._row_interval(item_ids, entry_time, catalog, level)[0]
+
+    def _row_interval(
+        self, item_ids: Sequence[str], entry_time: datetime, catalog: Catalog, level: float
+    ) -> tuple[DurationInterval, float, float]:
+        """The interval, and the log-scale centre and scale of the distribution it comes from."""
         if not MIN_LEVEL <= level <= MAX_LEVEL:
             raise InvalidRequestError(f"interval level must be between {MIN_LEVEL} and {MAX_LEVEL}, got {level}")
         x, unknown = self.builder_.row(item_ids, entry_time, catalog)
@@ -265,15 +292,7 @@ class DurationPredictor(_Persistent):
         median = math.exp(center)
         low = math.exp(center + scale * self._residual_quantile((1.0 - level) / 2.0))
         high = math.exp(center + scale * self._residual_quantile((1.0 + level) / 2.0))
-        grid = np.exp(center + scale * self.quantile_grid_)
-        return DurationEstimate(
-            median=median,
-            low=min(low, median),
-            high=max(high, median),
-            level=float(level),
-            quantiles=tuple(grid.tolist()),  # Python floats, the same values
-            unknown_item_ids=unknown,
-        )
+        return DurationInterval(median, min(low, median), max(high, median), float(level), unknown), center, scale
 
     def estimate_frame(
         self, sessions: pd.DataFrame, catalog: Catalog, level: float = 0.9

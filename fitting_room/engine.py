@@ -47,8 +47,8 @@ class RoomSpec:
     attributes: Mapping[str, Any] = field(default_factory=dict)
 
 
-class PredictionLike(Protocol):
-    """A duration model's estimate, as any model spells it."""
+class IntervalLike(Protocol):
+    """A duration model's median and central interval, as any model spells them."""
 
     @property
     def median(self) -> float:
@@ -71,13 +71,17 @@ class PredictionLike(Protocol):
         ...
 
     @property
-    def quantiles(self) -> Sequence[float]:
-        """Evenly spaced quantile grid."""
-        ...
-
-    @property
     def unknown_item_ids(self) -> Sequence[str]:
         """Items the model did not know."""
+        ...
+
+
+class PredictionLike(IntervalLike, Protocol):
+    """A duration model's estimate, as any model spells it: the interval and a quantile grid."""
+
+    @property
+    def quantiles(self) -> Sequence[float]:
+        """Evenly spaced quantile grid."""
         ...
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fitting_room.engine import Prediction, Session, SessionStatus
+from fitting_room.engine import IntervalLike, Session, SessionStatus
 from fitting_room.estimates import WaitInterval as ProjectedInterval
 from fitting_room.schemas import (
     AlertResponse,
@@ -27,7 +27,7 @@ from fitting_room.service import AnomalyLike, ExitResult, FloorView, RoomView, S
 from fitting_room.store import Alert
 
 
-def interval(prediction: Prediction) -> Interval:
+def interval(prediction: IntervalLike) -> Interval:
     """The prediction's central interval."""
     return Interval(low=prediction.low, high=prediction.high, level=prediction.level)
 
@@ -39,7 +39,7 @@ def wait_interval(projected: ProjectedInterval | None) -> WaitInterval | None:
     return WaitInterval(low=projected.low, high=projected.high, level=projected.level)
 
 
-def prediction_response(prediction: Prediction) -> PredictDurationResponse:
+def prediction_response(prediction: IntervalLike) -> PredictDurationResponse:
     """Body of POST /predict_duration."""
     return PredictDurationResponse(
         predicted_duration=prediction.median,

@@ -17,6 +17,7 @@ from fitting_room import engine
 from fitting_room.catalog import Catalog
 from fitting_room.engine import (
     Floor,
+    IntervalLike,
     Prediction,
     PredictionLike,
     Room,
@@ -85,6 +86,12 @@ class DurationModel(Protocol):
         self, item_ids: Sequence[str], entry_time: datetime, catalog: Catalog, level: float = 0.9
     ) -> PredictionLike:
         """Predicted duration distribution for a basket entering at `entry_time`."""
+        ...
+
+    def interval(
+        self, item_ids: Sequence[str], entry_time: datetime, catalog: Catalog, level: float = 0.9
+    ) -> IntervalLike:
+        """The same estimate's median and central interval only."""
         ...
 
 
@@ -248,6 +255,10 @@ class FittingRoomService:
     def predict(self, item_ids: Sequence[str], entry_time: datetime, level: float = 0.9) -> Prediction:
         """Predicted duration (minutes) of a session with these items entering at `entry_time`."""
         return Prediction.of(self.predictor.estimate(item_ids, entry_time, self.catalog, level))
+
+    def predict_interval(self, item_ids: Sequence[str], entry_time: datetime, level: float = 0.9) -> IntervalLike:
+        """predict() without the quantile grid: the median and interval a kiosk shows."""
+        return self.predictor.interval(item_ids, entry_time, self.catalog, level)
 
     def assign(
         self, item_ids: Sequence[str], needs_accessible: bool, now: datetime, *, server_clock: bool = False

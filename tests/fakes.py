@@ -28,6 +28,11 @@ class FakePredictor:
     ) -> Prediction:
         return lognormal_prediction(5.0 * len(item_ids))
 
+    def interval(
+        self, item_ids: Sequence[str], entry_time: datetime, catalog: Catalog, level: float = 0.9
+    ) -> Prediction:
+        return self.estimate(item_ids, entry_time, catalog, level)
+
 
 @dataclass(frozen=True)
 class FakeReason:

@@ -362,3 +362,21 @@ def test_local_hours_equal_local_hour_including_unknown_times() -> None:
     times = pd.Series(pd.to_datetime(stamps))
     expected = [_local_hour(t, "Europe/Berlin") for t in times]
     np.testing.assert_array_equal(_local_hours(times, "Europe/Berlin"), np.array(expected))
+
+
+def test_interval_is_the_estimate_without_its_grid(clean: tuple) -> None:
+    predictor, test, _, catalog = clean
+    for items, t in zip(test["entry_scans"].iloc[:20], test["entry_time"].iloc[:20], strict=True):
+        for level in (0.5, 0.9, 0.99):
+            estimate = predictor.estimate(items, t.to_pydatetime(), catalog, level)
+            interval = predictor.interval(items, t.to_pydatetime(), catalog, level)
+            assert not hasattr(interval, "quantiles")
+            assert (interval.median, interval.low, interval.high, interval.level) == (
+                estimate.median,
+                estimate.low,
+                estimate.high,
+                estimate.level,
+            )
+            assert interval.unknown_item_ids == estimate.unknown_item_ids
+    with pytest.raises(InvalidRequestError):
+        predictor.interval(["A-1"], test["entry_time"].iloc[0].to_pydatetime(), catalog, 0.3)
