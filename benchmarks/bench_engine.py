@@ -208,8 +208,8 @@ class ServiceOps:
         self.store.create_schema()
         with self.store.write() as tx:
             tx.sync_rooms([room.spec for room in floor.rooms.values()])
-            everyone = set(floor.active)
-            tx.save(floor, engine.Changes(rooms=set(floor.rooms), sessions=everyone, arrived=everyone))
+            seeded = engine.Changes(rooms=set(floor.rooms), sessions=set(floor.active), arrived=set(floor.active))
+            tx.save(floor, seeded)
         self.service = FittingRoomService(self.store, rules, CATALOG, InstantPredictor(), InstantDetector())
         self.room_ids = sorted(floor.rooms)
         self.last_new = f"waiting-{n - 1}"  # the newest customer in line

@@ -128,7 +128,14 @@ def make_engine(url: str) -> Engine:
     if url.startswith("sqlite"):
         # No rollback when a connection returns to the pool: the driver is in autocommit mode and every transaction
         # is ours (BEGIN below) and ends with its block, so there is nothing to reset, and the call cost every change.
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30}, pool_reset_on_return=None)
+        # No cap on connections either: each store of a chain holds one for its writes (`held_connection`), and a
+        # file has no server whose connection slots could run out.
+        engine = create_engine(
+            url,
+            connect_args={"check_same_thread": False, "timeout": 30},
+            pool_reset_on_return=None,
+            max_overflow=-1,
+        )
         event.listen(engine, "connect", _sqlite_on_connect)
         event.listen(engine, "begin", _sqlite_on_begin)
         return engine

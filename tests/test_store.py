@@ -221,3 +221,17 @@ def test_the_rows_hold_what_the_floor_holds_after_every_kind_of_change(database:
     assert completion.anomaly["missing_items"] == ITEMS[1:]
     assert cancelled.status.value == "cancelled"
     fresh.database.close()
+
+
+def test_a_chain_of_many_stores_on_one_sqlite_file_never_runs_out_of_connections(tmp_path):
+    database = Database(f"sqlite:///{tmp_path / 'chain.db'}")
+    database.migrate()
+    stores = [database.store(f"store-{i:02d}") for i in range(24)]  # more than the pool's default 5 + 10
+    for store in stores:
+        store.ensure_store_row()
+        with store.write() as tx:
+            tx.sync_rooms(ROOMS)
+    for store in stores:
+        with store.read() as tx:  # readers still find a connection while every store holds its writer's
+            assert [r.room_id for r in tx.load_floor().rooms.values()] == ["room_1"]
+    database.close()
