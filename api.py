@@ -365,6 +365,10 @@ def self_validated(model: type[BaseModel], *, idempotent: bool = False) -> dict[
     return operation
 
 
+# An endpoint that takes the request as it came and answers with the finished response.
+Endpoint = Callable[[Request], Coroutine[Any, Any, Response]]
+
+
 class SelfValidatedRoute(APIRoute):
     """A route whose endpoint takes the Request, checks its key and body itself and returns the Response.
 
@@ -372,18 +376,18 @@ class SelfValidatedRoute(APIRoute):
     ~14 µs of every kiosk call for nothing. Its OpenAPI operation comes from the route as for any other.
     """
 
-    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+    def get_route_handler(self) -> Endpoint:
         """The endpoint itself."""
-        return cast(Callable[[Request], Coroutine[Any, Any, Response]], self.endpoint)
+        return cast(Endpoint, self.endpoint)
 
 
 def post_self_validated(
     app: FastAPI, path: str, response: type[BaseModel], body: type[BaseModel], *, idempotent: bool = False
-) -> Callable[[Callable[[Request], Coroutine[Any, Any, Response]]], Any]:
+) -> Callable[[Endpoint], Endpoint]:
     """`app.post` for a SelfValidatedRoute (key and body checked by the endpoint), documented as a declared one."""
     extra = self_validated(body, idempotent=idempotent)
 
-    def register(endpoint: Callable[[Request], Coroutine[Any, Any, Response]]) -> Any:
+    def register(endpoint: Endpoint) -> Endpoint:
         app.router.add_api_route(
             path,
             endpoint,
