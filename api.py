@@ -5,12 +5,9 @@ Run with `uvicorn api:app`. Settings come from FITTING_ROOM_* environment variab
 
 from __future__ import annotations
 
-import asyncio
-import contextvars
 import gc
 import logging
 from collections.abc import AsyncIterator, Callable, Coroutine
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -31,6 +28,7 @@ from threadpoolctl import threadpool_limits
 from fitting_room import __version__, presenters
 from fitting_room.auth import KeyRing, Role, authorize
 from fitting_room.catalog import Catalog
+from fitting_room.change_queue import ChangeQueue
 from fitting_room.dashboard import dashboard_router
 from fitting_room.engine import RoomSpec, Rules
 from fitting_room.errors import (
@@ -78,6 +76,7 @@ from models import AnomalyDetector, DurationPredictor
 logger = logging.getLogger("fitting_room.api")
 T = TypeVar("T")
 B = TypeVar("B", bound=BaseModel)
+M = TypeVar("M", bound=BaseModel)
 
 ERROR_STATUS: dict[type[FittingRoomError], int] = {
     AuthenticationError: 401,
@@ -152,8 +151,8 @@ class StoreContext:
     settings: Settings
     service: FittingRoomService
     models: ModelStatus
-    # The store's state changes, run one at a time in arrival order by this thread (see `run_change`).
-    changes: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="changes"))
+    # The store's state changes: in arrival order on a thread of their own, queued ones committed together.
+    changes: ChangeQueue
     # The last status body served and the view it was made from: polls of an unchanged view get the same bytes.
     status_body: tuple[FloorView, bytes] | None = None
 
@@ -212,7 +211,7 @@ def open_state(settings: Settings, metrics: Metrics) -> AppState:
             logger.warning(
                 "store %s: rooms %s are no longer configured but occupied; kept until released", store_id, kept
             )
-        stores[store_id] = StoreContext(store_id, settings, service, ModelStatus(error="loading"))
+        stores[store_id] = StoreContext(store_id, settings, service, ModelStatus(error="loading"), ChangeQueue(store))
     state = AppState(settings, database, stores, keyring, metrics)
     load_all_models(state)
     metrics.watch_waitlist(state.waitlist_length)
@@ -297,7 +296,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             yield
         finally:
             for store in state.stores.values():
-                store.changes.shutdown(wait=True)  # changes already accepted finish and commit
+                store.changes.shutdown()  # changes already accepted finish and commit
             state.database.close()
             gc.unfreeze()  # what this app loaded may be collected again
 
@@ -530,33 +529,28 @@ def json_response(body: BaseModel) -> Response:
     return Response(body.model_dump_json(), media_type="application/json")
 
 
-async def run_change(store: StoreContext, change: Callable[..., T], *args: Any) -> T:
-    """Run a change of the store's state on the store's own thread, one change at a time, in arrival order.
-
-    The changes would serialise on the store's lock anyway. In a pool, the waiting ones occupied threads that
-    fought over that lock and the GIL (under 16 concurrent writers that fight set the p99); one thread draining
-    its queue also starts the next change the moment the last one commits, with no round trip through the event
-    loop, which stays free for the reads. The request's context (its id in the logs) goes along.
-    """
-    call = partial(contextvars.copy_context().run, change, *args)
-    return await asyncio.get_running_loop().run_in_executor(store.changes, call)
-
-
 def once(
-    ctx: StoreContext, key: str | None, request: Request, body: BaseModel | None, action: Callable[[], BaseModel]
-) -> Any:
-    """Run a state change once per Idempotency-Key, storing its response in the same transaction."""
+    ctx: StoreContext, key: str | None, request: Request, body: BaseModel | None, action: Callable[[], M]
+) -> tuple[Response, M | None]:
+    """Run a state change once per Idempotency-Key, storing its response in the same transaction.
+
+    Returns the response and, when the change ran now (not a replay), its model for the caller's metrics.
+    """
     if key is None:
-        return json_response(action())
+        made = action()
+        return json_response(made), made
     canonical = body.model_dump_json() if body is not None else ""
+    ran: list[M] = []
+
+    def run() -> dict[str, Any]:
+        ran.append(action())
+        return ran[-1].model_dump(mode="json")
+
     stored, replayed = run_once(
-        ctx.service.store,
-        key,
-        fingerprint(request.method, request.url.path, canonical),
-        datetime.now(UTC),
-        lambda: action().model_dump(mode="json"),
+        ctx.service.store, key, fingerprint(request.method, request.url.path, canonical), datetime.now(UTC), run
     )
-    return JSONResponse(stored, headers={"Idempotent-Replayed": "true" if replayed else "false"})
+    answer = JSONResponse(stored, headers={"Idempotent-Replayed": "true" if replayed else "false"})
+    return answer, None if replayed else ran[-1]
 
 
 def _add_routes(app: FastAPI) -> None:
@@ -591,11 +585,13 @@ def _add_routes(app: FastAPI) -> None:
         def act() -> AssignRoomResponse:
             now = event_time(body.timestamp, store.settings)
             view = store.service.assign(body.item_ids, body.accessible, now, server_clock=body.timestamp is None)
-            response = presenters.assignment_response(view)
-            metrics.assignments.labels(outcome=response.status).inc()
-            return response
+            return presenters.assignment_response(view)
 
-        return await run_change(store, once, store, key, request, body, act)
+        # Counted once the change has committed: a change of a failed group runs twice, its count must not.
+        answer, made = await store.changes.run(once, store, key, request, body, act)
+        if made is not None:
+            metrics.assignments.labels(outcome=made.status).inc()
+        return answer
 
     @app.get("/rooms/status", response_model=RoomsStatusResponse, responses=ERRORS)
     async def rooms_status(store: Kiosk, at: At = None) -> Response:
@@ -628,7 +624,8 @@ def _add_routes(app: FastAPI) -> None:
             now = event_time(None, store.settings)
             return presenters.session_response(store.service.cancel(session_id, now))
 
-        return await run_change(store, once, store, key, request, None, act)
+        answer, _ = await store.changes.run(once, store, key, request, None, act)
+        return answer
 
     @post_self_validated(app, "/detect_anomaly", DetectAnomalyResponse, DetectAnomalyRequest, idempotent=True)
     async def detect_anomaly(request: Request) -> Response:
@@ -653,13 +650,7 @@ def _add_routes(app: FastAPI) -> None:
 
         def act() -> DetectAnomalyResponse:
             check = store.service.complete_exit if known else store.service.check_exit
-            response = presenters.exit_response(check(report, event_time(None, settings)))
-            if response.next_assignment is not None:
-                metrics.assignments.labels(outcome="promoted").inc()
-            if response.alert_id is not None:
-                for reason in response.reasons:
-                    metrics.alerts.labels(reason=reason.code).inc()
-            return response
+            return presenters.exit_response(check(report, event_time(None, settings)))
 
         if key is None and not known:
             # A session the store never saw is only analysed (no commit); one on record is the change thread's.
@@ -674,7 +665,13 @@ def _add_routes(app: FastAPI) -> None:
                 if analysed is not None:
                     return json_response(presenters.exit_response(analysed))
                 known = True
-        return await run_change(store, once, store, key, request, body, act)
+        answer, made = await store.changes.run(once, store, key, request, body, act)
+        if made is not None and made.next_assignment is not None:
+            metrics.assignments.labels(outcome="promoted").inc()
+        if made is not None and made.alert_id is not None:
+            for reason in made.reasons:
+                metrics.alerts.labels(reason=reason.code).inc()
+        return answer
 
     @app.get("/alerts", response_model=AlertsResponse, responses=ERRORS)
     def list_alerts(

@@ -12,7 +12,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
-from contextvars import ContextVar
+from contextvars import Context, ContextVar
 from dataclasses import dataclass
 from datetime import datetime
 from functools import cached_property
@@ -287,6 +287,24 @@ class Store:
         if tx.logged:
             self.database.bell.ring()
 
+    @contextmanager
+    def together(self) -> Iterator[Batch]:
+        """One write transaction and one commit for several changes, each run by `Batch.run` as if in a transaction
+        of its own (it sees the changes before it and commits a floor version of its own); a failure of any rolls
+        back all of them. A commit's fsync is most of a small change's time: changes queued behind one share it."""
+        with self._lock, self._write_connection() as conn:
+            try:
+                with conn.begin():
+                    batch = Batch(self, Transaction(conn, self.store_id, writable=True, cache=self._cache))
+                    batch.tx.lock_store()
+                    yield batch
+            except BaseException:
+                self._cache.clear()  # the floor may hold changes the database rolled back
+                raise
+            self._cache.committed(batch.tx)
+        if batch.logged:
+            self.database.bell.ring()
+
     def _write_connection(self) -> AbstractContextManager[Connection]:
         """The store's held connection (kept open after the block), else one from the pool (returned after)."""
         held = self.database.held_connection(self.store_id)
@@ -415,6 +433,32 @@ class FloorSnapshot:
     version: int
 
 
+class Batch:
+    """Changes sharing one write transaction (`Store.together`), each in a Transaction of its own on its connection."""
+
+    def __init__(self, store: Store, tx: Transaction) -> None:
+        self._store = store
+        self.tx = tx  # the transaction of the change running or run last
+        self.logged = False
+        self._used = False
+
+    def run(self, context: Context, change: Callable[[], T]) -> T:
+        """Run `change` in `context` (a request's), its writes joining the batch's transaction."""
+        if self._used:
+            self.tx = self.tx.following()
+        self._used = True
+        result = context.run(self._joined, change)
+        self.logged = self.logged or self.tx.logged
+        return result
+
+    def _joined(self, change: Callable[[], T]) -> T:
+        token = self._store._current.set(self.tx)
+        try:
+            return change()
+        finally:
+            self._store._current.reset(token)
+
+
 class FloorCache:
     """A store's floor as of one committed `floor_version`, kept in memory between transactions.
 
@@ -463,6 +507,14 @@ class Transaction:
         # Set once this transaction changed the floor: the version it commits, and the floor as it leaves it.
         self.new_version: int | None = None
         self.floor: Floor | None = None
+
+    def following(self) -> Transaction:
+        """The next change's transaction on the same connection: it starts from this one's floor and version."""
+        assert self.writable, "only write transactions are batched"
+        after = Transaction(self.conn, self.store_id, writable=True, cache=self.cache)
+        after.version = self.floor_version
+        after.floor = self.floor
+        return after
 
     @cached_property
     def _rooms(self) -> ColumnElement[bool]:
