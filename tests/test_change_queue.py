@@ -26,6 +26,19 @@ def service(any_database: str) -> FittingRoomService:
     return make_service(any_database, [RoomSpec("room_1", 6), RoomSpec("room_2", 6)])
 
 
+async def hold(queue: ChangeQueue) -> tuple[asyncio.Task[None], threading.Event]:
+    """Put a change on the store's thread that holds it until the returned event is set; back once it holds it."""
+    started, release = threading.Event(), threading.Event()
+
+    def held() -> None:
+        started.set()
+        release.wait()
+
+    first = asyncio.create_task(queue.run(held))
+    await asyncio.get_running_loop().run_in_executor(None, started.wait)
+    return first, release
+
+
 def behind_a_held_change(
     queue: ChangeQueue, queued: Sequence[Callable[[], Coroutine[Any, Any, Any]]]
 ) -> Coroutine[Any, Any, list[Any]]:
@@ -35,15 +48,7 @@ def behind_a_held_change(
     """
 
     async def scenario() -> list[Any]:
-        started, release = threading.Event(), threading.Event()
-
-        def held() -> None:
-            started.set()
-            release.wait()
-
-        loop = asyncio.get_running_loop()
-        first = asyncio.create_task(queue.run(held))
-        await loop.run_in_executor(None, started.wait)  # the thread holds the first change
+        first, release = await hold(queue)
         waiting = [asyncio.create_task(make()) for make in queued]
         await asyncio.sleep(0)  # one turn of the loop: every task has put its change in line
         release.set()
@@ -96,15 +101,7 @@ def test_queued_changes_finish_before_the_queue_stops_and_a_gone_caller_leaves_i
     queue = ChangeQueue(service.store)
 
     async def scenario() -> None:
-        started, release = threading.Event(), threading.Event()
-
-        def held() -> None:
-            started.set()
-            release.wait()
-
-        loop = asyncio.get_running_loop()
-        first = asyncio.create_task(queue.run(held))
-        await loop.run_in_executor(None, started.wait)
+        first, release = await hold(queue)
         abandoned = asyncio.create_task(queue.run(service.assign, ITEMS, False, at(0)))
         kept = asyncio.create_task(queue.run(service.assign, ITEMS, False, at(1)))
         await asyncio.sleep(0)
@@ -113,7 +110,7 @@ def test_queued_changes_finish_before_the_queue_stops_and_a_gone_caller_leaves_i
         await first
         await kept
         # The queue stops only after what it accepted; the loop stays free to take the outcomes meanwhile.
-        await loop.run_in_executor(None, queue.shutdown)
+        await asyncio.get_running_loop().run_in_executor(None, queue.shutdown)
 
     asyncio.run(scenario())
     seated = [r.session for r in service.floor_status(at(2)).rooms if r.session]
