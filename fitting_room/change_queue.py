@@ -11,6 +11,7 @@ failure (a conflict, a bad request) stays with the change that caused it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import queue
 import threading
@@ -37,7 +38,9 @@ class _Change:
 
     def settle(self, result: Any, error: BaseException | None) -> None:
         """Hand the outcome to the caller's event loop (from the store's thread)."""
-        self.loop.call_soon_threadsafe(_settle, self.outcome, result, error)
+        # RuntimeError: the caller's event loop has closed; nobody is left to tell, and the thread must go on.
+        with contextlib.suppress(RuntimeError):
+            self.loop.call_soon_threadsafe(_settle, self.outcome, result, error)
 
 
 def _settle(outcome: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
@@ -94,11 +97,20 @@ class ChangeQueue:
 
     def _commit(self, group: Sequence[_Change]) -> None:
         if len(group) > 1:
+            results: list[Any] = []
             try:
                 with self._store.together() as batch:
-                    results = [batch.run(change.context, change.call) for change in group]
-            except BaseException:
-                pass  # each change runs again on its own below, and its caller hears its own error
+                    for change in group:
+                        results.append(batch.run(change.context, change.call))
+            except BaseException as error:
+                if len(results) == len(group):
+                    # Every change ran and the commit failed: whether it took effect is unknown (a lost connection
+                    # may follow a commit), so nothing runs again; each caller hears it, as a change alone would.
+                    for change in group:
+                        change.settle(None, error)
+                    return
+                # A change failed before the commit, so nothing committed: each change runs again alone, below,
+                # and its caller hears its own outcome.
             else:
                 for change, result in zip(group, results, strict=True):
                     change.settle(result, None)

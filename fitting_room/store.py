@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextlib import AbstractContextManager, contextmanager
 from contextvars import Context, ContextVar
 from dataclasses import dataclass
 from datetime import datetime
@@ -309,7 +309,7 @@ class Store:
         """The store's held connection (kept open after the block), else one from the pool (returned after)."""
         held = self.database.held_connection(self.store_id)
         if held is not None:
-            return nullcontext(held)
+            return _reusing(held)
         return self.engine.connect().execution_options(immediate=True)
 
     @contextmanager
@@ -431,6 +431,25 @@ class FloorSnapshot:
 
     floor: Floor
     version: int
+
+
+@contextmanager
+def _reusing(held: Connection) -> Iterator[Connection]:
+    """A held connection for one block; after a failure, no transaction is left open on it.
+
+    A commit that fails (a full disk, an I/O error) leaves SQLite's transaction open; the pool's reset would have
+    rolled it back, but a held connection never goes back to the pool, and every later BEGIN would fail on it.
+    """
+    try:
+        yield held
+    except BaseException:
+        try:
+            driver = held.connection.driver_connection
+            if driver is not None and driver.in_transaction:
+                driver.rollback()
+        except Exception:
+            held.invalidate()  # replaced at the next write (`Database.held_connection`)
+        raise
 
 
 class Batch:

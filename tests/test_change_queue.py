@@ -115,3 +115,26 @@ def test_queued_changes_finish_before_the_queue_stops_and_a_gone_caller_leaves_i
     asyncio.run(scenario())
     seated = [r.session for r in service.floor_status(at(2)).rooms if r.session]
     assert len(seated) == 2
+
+
+def test_a_group_whose_commit_fails_is_not_run_again_and_every_caller_hears_it(service: FittingRoomService):
+    queue = ChangeQueue(service.store)
+    runs: list[int] = []
+
+    def arrival(minute: int) -> SessionView:
+        runs.append(minute)
+        return service.assign(ITEMS, False, at(minute))
+
+    def commit_lost(_conn: object) -> None:
+        event.remove(service.store.engine, "commit", commit_lost)  # the next commits go through
+        raise ConnectionError("connection lost during COMMIT")
+
+    event.listen(service.store.engine, "commit", commit_lost)
+    arrivals = [partial(queue.run, arrival, minute) for minute in range(3)]
+    outcomes = asyncio.run(behind_a_held_change(queue, arrivals))
+    queue.shutdown()
+    assert all(isinstance(outcome, ConnectionError) for outcome in outcomes)
+    assert runs == [0, 1, 2]  # once each: a commit of unknown outcome is never repeated behind the callers' backs
+    # Here the commit never reached the database: the group left nothing, and the store takes changes again.
+    assert service.assign(ITEMS, False, at(4)).session.room_id is not None
+    assert len([r for r in service.floor_status(at(5)).rooms if r.session]) == 1

@@ -235,3 +235,18 @@ def test_a_chain_of_many_stores_on_one_sqlite_file_never_runs_out_of_connections
         with store.read() as tx:  # readers still find a connection while every store holds its writer's
             assert [r.room_id for r in tx.load_floor().rooms.values()] == ["room_1"]
     database.close()
+
+
+def test_a_failed_commit_leaves_the_store_writable_and_changes_nothing(database: str):
+    service = make_service(database, ROOMS)
+
+    def commit_fails(_conn: object) -> None:
+        event.remove(service.store.engine, "commit", commit_fails)
+        raise OSError("disk full at COMMIT")
+
+    event.listen(service.store.engine, "commit", commit_fails)
+    with pytest.raises(OSError, match="disk full"):
+        service.assign(ITEMS, False, at(0))
+    # The held SQLite connection had its transaction left open by the failed commit; it is rolled back.
+    seated = service.assign(ITEMS, False, at(1)).session
+    assert [r.session.session_id for r in service.floor_status(at(2)).rooms if r.session] == [seated.session_id]
