@@ -7,22 +7,20 @@ from __future__ import annotations
 
 import gc
 import logging
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
-from typing import Annotated, Any, TypeVar, cast
+from typing import Annotated, Any, TypeVar
 
 import anyio
 from fastapi import Depends, FastAPI, Query, Request, Security
 from fastapi import Path as PathParam
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from fastapi.routing import APIRoute
 from fastapi.security import APIKeyHeader, APIKeyQuery
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 from threadpoolctl import threadpool_limits
 
 from fitting_room import __version__, presenters
@@ -67,6 +65,15 @@ from fitting_room.schemas import (
     RoomsStatusResponse,
     SessionResponse,
     WelcomeResponse,
+)
+from fitting_room.self_validation import (
+    IDEMPOTENCY_PARAMETER,
+    Endpoint,
+    SelfValidatedRoute,
+    add_body_schemas,
+    idempotency_key,
+    json_body,
+    self_validated,
 )
 from fitting_room.service import ExitReport, FittingRoomService, FloorView
 from fitting_room.settings import Settings
@@ -117,17 +124,12 @@ class UnavailableModel:
     def __init__(self, reason: str) -> None:
         self.reason = reason
 
-    def estimate(self, *_args: Any, **_kwargs: Any) -> Any:
-        """Refuse: the duration model is not loaded."""
+    def refuse(self, *_args: Any, **_kwargs: Any) -> Any:
+        """Answer any use of the model with 503 and the reason it is not loaded."""
         raise ServiceUnavailableError(f"models are not loaded: {self.reason}")
 
-    def interval(self, *_args: Any, **_kwargs: Any) -> Any:
-        """Refuse: the duration model is not loaded."""
-        raise ServiceUnavailableError(f"models are not loaded: {self.reason}")
-
-    def analyse(self, **_kwargs: Any) -> Any:
-        """Refuse: the anomaly model is not loaded."""
-        raise ServiceUnavailableError(f"models are not loaded: {self.reason}")
+    # What the service calls on the duration model (estimate, interval) and on the anomaly model (analyse).
+    estimate = interval = analyse = refuse
 
 
 @dataclass
@@ -270,13 +272,7 @@ class FittingRoomAPI(FastAPI):
     def openapi(self) -> dict[str, Any]:
         """The OpenAPI document, with the self-validated bodies among its component schemas."""
         if self.openapi_schema is None:
-            document = super().openapi()
-            schemas = document.setdefault("components", {}).setdefault("schemas", {})
-            for model in SELF_VALIDATED_BODIES:
-                schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
-                schemas.update(schema.pop("$defs", {}))
-                schemas[model.__name__] = schema
-            document["components"]["schemas"] = dict(sorted(schemas.items()))
+            add_body_schemas(super().openapi(), SELF_VALIDATED_BODIES)
         return self.openapi_schema  # type: ignore[return-value]  # set by super().openapi()
 
 
@@ -331,60 +327,21 @@ async def get_state(request: Request) -> AppState:
 State = Annotated[AppState, Depends(get_state)]
 SessionId = Annotated[str, PathParam(min_length=1, max_length=64, description="Session id.")]
 At = Annotated[EventTime | None, Query(description="Project estimates as of this time (ISO 8601, years 2000-2100).")]
-IDEMPOTENCY_HEADER = "Idempotency-Key"
-IDEMPOTENCY_MAX_LENGTH = 200
-# The header as the OpenAPI operations of the routes reading it (`idempotency_key`) describe it.
-IDEMPOTENCY_PARAMETER = {
-    "name": IDEMPOTENCY_HEADER,
-    "in": "header",
-    "required": False,
-    "description": "Retry-safe key: a retry with the same key and body returns the first response.",
-    "schema": {"type": "string", "minLength": 1, "maxLength": IDEMPOTENCY_MAX_LENGTH},
-}
 
 
 def caller_store(request: Request, role: Role, action: str) -> StoreContext:
     """The store of the request's X-API-Key, which must have at least `role`: `store_access` without its solving.
 
-    Routes that use it declare the key in their OpenAPI operation through `self_validated`.
+    Routes that use it declare the key in their OpenAPI operation through `self_validation.self_validated`.
     """
     return _caller_store(request.app.state.ctx, request.headers.get(api_key_header.model.name), role, action)
-
-
-def self_validated(model: type[BaseModel], *, idempotent: bool = False) -> dict[str, Any]:
-    """OpenAPI of a route that checks the caller's key, validates its JSON body (`json_body`) and, if
-    `idempotent`, reads its Idempotency-Key (`idempotency_key`) itself."""
-    body = {"content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{model.__name__}"}}}}
-    operation: dict[str, Any] = {
-        "requestBody": {**body, "required": True},
-        "security": [{api_key_header.scheme_name: []}],
-    }
-    if idempotent:
-        operation["parameters"] = [IDEMPOTENCY_PARAMETER]
-    return operation
-
-
-# An endpoint that takes the request as it came and answers with the finished response.
-Endpoint = Callable[[Request], Coroutine[Any, Any, Response]]
-
-
-class SelfValidatedRoute(APIRoute):
-    """A route whose endpoint takes the Request, checks its key and body itself and returns the Response.
-
-    FastAPI's request handler would solve the endpoint's one parameter and pass its Response through untouched:
-    ~14 µs of every kiosk call for nothing. Its OpenAPI operation comes from the route as for any other.
-    """
-
-    def get_route_handler(self) -> Endpoint:
-        """The endpoint itself."""
-        return cast(Endpoint, self.endpoint)
 
 
 def post_self_validated(
     app: FastAPI, path: str, response: type[BaseModel], body: type[BaseModel], *, idempotent: bool = False
 ) -> Callable[[Endpoint], Endpoint]:
     """`app.post` for a SelfValidatedRoute (key and body checked by the endpoint), documented as a declared one."""
-    extra = self_validated(body, idempotent=idempotent)
+    extra = self_validated(body, api_key_header.scheme_name, idempotent=idempotent)
 
     def register(endpoint: Endpoint) -> Endpoint:
         app.router.add_api_route(
@@ -408,42 +365,6 @@ async def change_request(
     store = caller_store(request, role, action)
     key = idempotency_key(request)
     return store, key, await json_body(request, model)
-
-
-def idempotency_key(request: Request) -> str | None:
-    """The request's Idempotency-Key (1-200 characters), None without one; 422 as for a declared header."""
-    key = request.headers.get(IDEMPOTENCY_HEADER)
-    if key is None or 1 <= len(key) <= IDEMPOTENCY_MAX_LENGTH:
-        return key
-    limit = "at least 1 character" if not key else f"at most {IDEMPOTENCY_MAX_LENGTH} characters"
-    kind = "string_too_short" if not key else "string_too_long"
-    error = {"type": kind, "loc": ("header", IDEMPOTENCY_HEADER), "msg": f"String should have {limit}", "input": key}
-    raise RequestValidationError([error])
-
-
-async def json_body(request: Request, model: type[B]) -> B:
-    """The request's JSON body as `model`, or 422 with FastAPI's error shape (locations under "body").
-
-    pydantic parses and validates the bytes in one pass: a declared body parameter goes through json.loads,
-    then validates the objects and its dependency solving, ~30 µs more per request on the kiosk's hot routes.
-    """
-    media_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
-    if media_type != "application/json" and not media_type.endswith("+json"):
-        message = f"Content-Type must be application/json, got {media_type or 'none'!r}"
-        raise RequestValidationError([{"type": "content_type", "loc": ("body",), "msg": message, "input": None}])
-    raw = await request.body()
-    if not raw:
-        raise RequestValidationError([{"type": "missing", "loc": ("body",), "msg": "Field required", "input": None}])
-    try:
-        return model.model_validate_json(raw)
-    except ValidationError as err:
-        raise RequestValidationError([_located_in_body(e) for e in err.errors(include_url=False)]) from None
-
-
-def _located_in_body(error: Any) -> dict[str, Any]:
-    """A pydantic error as FastAPI reports a body's: under "body", JSON-safe (undecodable bytes echo as None)."""
-    input_value = None if isinstance(error["input"], bytes) else error["input"]
-    return {**error, "loc": ("body", *error["loc"]), "input": input_value}
 
 
 def _caller_store(state: AppState, key: str | None, role: Role, action: str) -> StoreContext:

@@ -52,7 +52,7 @@ from fitting_room.engine import (
     promotion_order,
 )
 from fitting_room.settings import Policy
-from fitting_room.wait_pools import Pattern, Pools, expected_free_in, uses_pools
+from fitting_room.wait_pools import Pattern, PoolModel, Pools, expected_free_in, uses_pools
 
 WAIT_LEVEL = 0.8
 SAMPLES = 512
@@ -190,11 +190,10 @@ def project(
         else:
             by_pattern.setdefault(spot[0], []).append((session_id, spot[1]))
     for pattern, members in by_pattern.items():
-        model = pools.model(floor, pattern)
-        means, lows, highs = model.summary(np.array([k for _, k in members], dtype=np.float64))
-        for (session_id, _), mean, low, high in zip(members, means, lows, highs, strict=True):
-            waits[session_id] = float(mean)
-            intervals[session_id] = WaitInterval(float(low), float(high), level)
+        read = _pool_waits(pools.model(floor, pattern), [place for _, place in members], level)
+        for (session_id, _), (wait, interval) in zip(members, read, strict=True):
+            waits[session_id] = wait
+            intervals[session_id] = interval
     if not uncovered:
         return Projection(waits=waits, intervals=intervals, room_free_in=expected_free_in(floor, now))
     # Customers behind someone whose rooms only partly overlap theirs compete in ways one pool cannot tell, and a
@@ -224,8 +223,16 @@ def estimate_wait(
     spot = pools.spot(floor, session_id)
     if spot is None:
         return None
-    means, lows, highs = pools.model(floor, spot[0]).summary(np.array([spot[1]], dtype=np.float64))
-    return float(means[0]), WaitInterval(float(lows[0]), float(highs[0]), level)
+    return _pool_waits(pools.model(floor, spot[0]), [spot[1]], level)[0]
+
+
+def _pool_waits(model: PoolModel, places: Sequence[int], level: float) -> list[tuple[float, WaitInterval]]:
+    """Expected wait and interval of the customers at these places of a pool model's line."""
+    means, lows, highs = model.summary(np.array(places, dtype=np.float64))
+    return [
+        (float(mean), WaitInterval(float(low), float(high), level))
+        for mean, low, high in zip(means, lows, highs, strict=True)
+    ]
 
 
 def _pools_for(floor: Floor, now: datetime, level: float, pools: Pools | None) -> Pools:

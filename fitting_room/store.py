@@ -270,22 +270,8 @@ class Store:
         if current is not None and current.writable:
             yield current
             return
-        with self._lock, self._write_connection() as conn:
-            try:
-                with conn.begin():
-                    tx = Transaction(conn, self.store_id, writable=True, cache=self._cache)
-                    tx.lock_store()
-                    token = self._current.set(tx)
-                    try:
-                        yield tx
-                    finally:
-                        self._current.reset(token)
-            except BaseException:
-                self._cache.clear()  # the floor may hold changes the database rolled back
-                raise
-            self._cache.committed(tx)
-        if tx.logged:
-            self.database.bell.ring()
+        with self.together() as batch, batch.current() as tx:  # a batch of one change
+            yield tx
 
     @contextmanager
     def together(self) -> Iterator[Batch]:
@@ -458,24 +444,34 @@ class Batch:
     def __init__(self, store: Store, tx: Transaction) -> None:
         self._store = store
         self.tx = tx  # the transaction of the change running or run last
-        self.logged = False
+        self._logged_before = False  # whether a change before `tx`'s logged an event
         self._used = False
+
+    @property
+    def logged(self) -> bool:
+        """Whether any change of the batch logged an event (live streams are woken after the commit)."""
+        return self._logged_before or self.tx.logged
 
     def run(self, context: Context, change: Callable[[], T]) -> T:
         """Run `change` in `context` (a request's), its writes joining the batch's transaction."""
         if self._used:
+            self._logged_before = self.logged
             self.tx = self.tx.following()
         self._used = True
-        result = context.run(self._joined, change)
-        self.logged = self.logged or self.tx.logged
-        return result
+        return context.run(self._joined, change)
 
-    def _joined(self, change: Callable[[], T]) -> T:
+    @contextmanager
+    def current(self) -> Iterator[Transaction]:
+        """The running change's transaction, joined by the store's reads and writes in this context meanwhile."""
         token = self._store._current.set(self.tx)
         try:
-            return change()
+            yield self.tx
         finally:
             self._store._current.reset(token)
+
+    def _joined(self, change: Callable[[], T]) -> T:
+        with self.current():
+            return change()
 
 
 class FloorCache:
