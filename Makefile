@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: run test lint typecheck pytest data models venv dev-deps clean bench
+.PHONY: run test lint typecheck pytest data models venv dev-deps clean bench native
 
 $(VENV)/.runtime: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -20,16 +20,26 @@ $(VENV)/.dev: $(VENV)/.runtime requirements-dev.txt
 venv: $(VENV)/.runtime
 dev-deps: $(VENV)/.dev
 
-data/item_database.json data/historical_sessions.csv &: | $(VENV)/.runtime
+# The compiled tree walk the models' fast path uses (fitting_room/treewalk.py); Debian's gcc when no compiler is
+# found. Without the library the numpy strategies answer, slower under load, with the same numbers.
+NATIVE := fitting_room/_treewalk.so
+native: $(NATIVE)
+$(NATIVE): fitting_room/treewalk.c
+	@command -v $(CC) >/dev/null 2>&1 || { \
+		SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+		$$SUDO apt-get update && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends gcc libc6-dev; }
+	$(CC) -O2 -fPIC -shared -Wall -Wextra -Werror -o $@ $<
+
+data/item_database.json data/historical_sessions.csv &: | $(VENV)/.runtime $(NATIVE)
 	$(PY) simulate_data.py --out-dir data
 
-models/duration_model.pkl models/anomaly_model.pkl &: data/item_database.json data/historical_sessions.csv | $(VENV)/.runtime
+models/duration_model.pkl models/anomaly_model.pkl &: data/item_database.json data/historical_sessions.csv | $(VENV)/.runtime $(NATIVE)
 	$(PY) train.py --data-dir data --model-dir models
 
 data: data/item_database.json
 models: models/duration_model.pkl
 
-run: $(VENV)/.runtime data models
+run: $(VENV)/.runtime $(NATIVE) data models
 	$(VENV)/bin/uvicorn api:app --host $(HOST) --port $(PORT)
 
 lint: $(VENV)/.dev
@@ -39,7 +49,7 @@ lint: $(VENV)/.dev
 typecheck: $(VENV)/.dev
 	$(VENV)/bin/mypy .
 
-pytest: $(VENV)/.dev browser-deps postgres-deps
+pytest: $(VENV)/.dev $(NATIVE) browser-deps postgres-deps
 	$(VENV)/bin/pytest
 
 test: lint typecheck pytest
@@ -47,7 +57,7 @@ test: lint typecheck pytest
 # Issue #6: 20 SIGKILL restarts under concurrent clients (a few minutes; each restart loads the models). CI runs it
 # after `make test`; plain `pytest` skips it.
 .PHONY: crash-test
-crash-test: $(VENV)/.dev
+crash-test: $(VENV)/.dev $(NATIVE)
 	RUN_CRASH_TEST=1 $(VENV)/bin/pytest tests/test_crash_loop.py -s
 
 # Debian's Chromium (and fonts for its screenshots) for the dashboard's Playwright tests; Playwright never
@@ -70,24 +80,24 @@ postgres-deps:
 .PHONY: bench-replay
 bench: bench-replay bench-inference bench-http bench-engine bench-replicas
 
-bench-replay: $(VENV)/.runtime
+bench-replay: $(VENV)/.runtime $(NATIVE)
 	$(PY) -m benchmarks.bench_replay --out benchmarks/results
 
 # Issue #7: model inference per row (fast path vs scikit-learn), HTTP against GET / with wrk (Debian's package,
 # installed by the script when missing), and per-operation cost at 10 / 1,000 / 10,000 rooms.
 .PHONY: bench-inference bench-http bench-engine
-bench-inference: $(VENV)/.runtime data models
+bench-inference: $(VENV)/.runtime $(NATIVE) data models
 	$(PY) -m benchmarks.bench_inference --out benchmarks/results
 
-bench-http: $(VENV)/.runtime data models
+bench-http: $(VENV)/.runtime $(NATIVE) data models
 	$(PY) -m benchmarks.bench_http --out benchmarks/results
 
-bench-engine: $(VENV)/.runtime
+bench-engine: $(VENV)/.runtime $(NATIVE)
 	$(PY) -m benchmarks.bench_engine --out benchmarks/results
 
 # Issue #8: assign-and-release cycles per second on SQLite and on PostgreSQL with 1 and 2 uvicorn replicas.
 .PHONY: bench-replicas
-bench-replicas: $(VENV)/.runtime data models postgres-deps
+bench-replicas: $(VENV)/.runtime $(NATIVE) data models postgres-deps
 	$(PY) -m benchmarks.bench_replicas --out benchmarks/results
 
 # Issue #8: bring FITTING_ROOM_DATABASE (SQLite path or postgresql://...) to the newest schema. The service also
@@ -97,4 +107,4 @@ migrate: $(VENV)/.runtime
 	$(PY) -m fitting_room.migrations
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis
+	rm -rf $(VENV) $(NATIVE) .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -1,11 +1,16 @@
-"""Per-row inference for fitted scikit-learn tree ensembles, with the trees flattened into numpy arrays.
+"""Per-row inference for fitted scikit-learn tree ensembles, with the trees flattened into arrays.
 
 A kiosk asks one row at a time, and scikit-learn's predict spends milliseconds per call on input
 validation, thread pools and one Python call per tree. Here all trees of an ensemble share flat
-arrays and are evaluated together, so a row costs a few small numpy calls whatever the number of
-trees. Three evaluation strategies, chosen per ensemble by a cost estimate (`leaf_values` is the
-one-row path a request takes; `leaves` also takes blocks of rows):
+arrays and are evaluated together, so a row costs one C call, or a few small numpy calls, whatever
+the number of trees. Four evaluation strategies (`sums` and `leaf_values` are the one-row paths a
+request takes; `leaves` also takes blocks of rows):
 
+- native walk (the default when built): the level walk's nodes as 16-byte records walked in C
+  (fitting_room/treewalk.c through ctypes), groups of trees a level at a time so that their
+  memory reads overlap. Under load a request finds the trees cold in cache, and then the numpy
+  strategies' passes over all nodes or large tables cost 4-6 times their warm time; a walk reads
+  one record per level of each tree. Needs `make native`; without it the others answer.
 - level walk: every tree steps one level per numpy round, `node = left[node] + (x[f] > t)`;
   right children sit next to left ones and leaves loop to themselves, so no per-tree stop test;
   cost ~ 6 calls per level of the deepest tree.
@@ -17,6 +22,8 @@ one-row path a request takes; `leaves` also takes blocks of rows):
   with the same rank among every feature's thresholds reach the same leaves, so each tree's exit
   leaf is tabulated per cell; a row costs a binary search per feature and ~5 calls, whatever the
   depth. Used when the tables stay within a few MB.
+
+Without the native walk, the numpy strategy is chosen per ensemble by a cost estimate.
 
 Outputs equal scikit-learn's (bit for bit in practice; tests/test_fastpath.py requires a relative
 difference <= 1e-9 and reaches every leaf): the same comparisons (`x <= threshold` goes left, NaN
@@ -30,6 +37,7 @@ Supported: HistGradientBoostingRegressor (identity and log links), HistGradientB
 
 from __future__ import annotations
 
+import ctypes
 import math
 from bisect import bisect_left
 from collections.abc import Sequence
@@ -41,6 +49,8 @@ from scipy.special import expit
 from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor, IsolationForest
 from sklearn.utils.extmath import softmax
 
+from fitting_room import treewalk
+
 __all__ = [
     "CellGrid",
     "FastClassifier",
@@ -49,13 +59,14 @@ __all__ = [
     "FastRegressors",
     "LeafMasks",
     "LevelWalk",
+    "NativeWalk",
     "Strategy",
     "TreeArrays",
     "compile_trees",
     "float32_upper_bounds",
 ]
 
-Strategy = Literal["auto", "walk", "masks", "grid"]
+Strategy = Literal["auto", "native", "walk", "masks", "grid"]
 
 # Rows evaluated at once in batch calls: bounds the (rows x nodes) work arrays to a few MB.
 _CHUNK_CELLS = 1 << 18
@@ -112,6 +123,21 @@ class CompiledTrees(Protocol):
         """Leaf value per tree for one row (1-D): the per-request path, as few numpy calls as the strategy allows."""
         ...
 
+    def sums(self, x: np.ndarray, n_outputs: int) -> np.ndarray:
+        """Per row, the trees as `n_outputs` equal runs, each run's leaf values added left to right:
+        (n_outputs,) for one row (1-D), (n, n_outputs) for rows (2-D)."""
+        ...
+
+
+class _SumsOfLeaves:
+    """`sums` from `leaves` and `value`, for the strategies that find leaves with numpy."""
+
+    def sums(self: CompiledTrees, x: np.ndarray, n_outputs: int) -> np.ndarray:
+        """Per row, the trees as `n_outputs` equal runs, each run's leaf values added left to right."""
+        if x.ndim == 1:
+            return _sequential_sum(self.leaf_values(x).reshape(n_outputs, -1))
+        return _sequential_sum(self.value[self.leaves(x)].reshape(len(x), n_outputs, -1))
+
 
 def _freeze(*arrays: np.ndarray) -> None:
     """Make compiled arrays read-only: they are shared by concurrent requests."""
@@ -129,7 +155,7 @@ def _in_chunks(compiled: CompiledTrees, x: np.ndarray, cells_per_row: int) -> np
 
 
 @dataclass(frozen=True)
-class LevelWalk:
+class LevelWalk(_SumsOfLeaves):
     """Trees renumbered breadth-first into shared arrays; all trees step one level per round."""
 
     feature: np.ndarray  # intp, column each node tests
@@ -219,7 +245,95 @@ class LevelWalk:
 
 
 @dataclass(frozen=True)
-class LeafMasks:
+class NativeWalk:
+    """LevelWalk's arrays walked by compiled C (fitting_room/treewalk.c): one call per row or block of rows.
+
+    Each tree's walk touches only the nodes on the row's path, where the numpy strategies make ~10 calls over
+    all nodes or large tables; under load, when caches are cold, that is most of a prediction's cost. Needs the
+    library `make native` builds; `compile_trees` falls back to the numpy strategies without it.
+    """
+
+    walk: LevelWalk  # the same numbering: its value and source_id arrays answer for leaf ids
+    library: treewalk.Library
+    nodes: np.ndarray = field(repr=False)  # treewalk.NODE records, one per node of `walk`
+    depth: np.ndarray  # int32, per tree: levels from its root to its deepest leaf
+    roots: np.ndarray  # int32, per tree: its root's id
+    forest: treewalk.Forest = field(repr=False)  # addresses of the three arrays above, which this keeps alive
+    address: int  # of `forest`, passed on every call
+    width: int  # columns a row needs: the C walk reads the ones the trees test unchecked
+
+    @classmethod
+    def build(cls, trees: Sequence[TreeArrays]) -> NativeWalk:
+        """Flatten trees as LevelWalk does; ValueError when the library is not built."""
+        library = treewalk.library()
+        if library is None:
+            raise ValueError("the native tree walk is not built: run `make native`")
+        walk = LevelWalk.build(trees)
+        width = 1 + max(int(np.max(t.feature)) for t in trees)
+        if width - 1 > treewalk.MAX_FEATURE or len(walk.left) > treewalk.MAX_NODES:
+            raise ValueError(f"{width} features or {len(walk.left)} nodes are beyond the native walk's records")
+        leaf = walk.left == np.arange(len(walk.left))
+        nodes = np.zeros(len(walk.left), dtype=treewalk.NODE)
+        nodes["threshold"] = np.where(leaf, walk.value, walk.threshold)
+        nodes["left"] = np.where(leaf, -1, walk.left)
+        nodes["feature"] = walk.feature
+        nodes["nan_right"] = walk.nan_right
+        depth = np.array([_depth(t) for t in trees], dtype=np.int32)
+        roots = walk.roots.astype(np.int32)
+        _freeze(nodes, depth, roots)
+        forest = treewalk.forest(nodes, roots, depth)
+        return cls(walk, library, nodes, depth, roots, forest, ctypes.addressof(forest), width)
+
+    @property
+    def value(self) -> np.ndarray:
+        """Leaf values, indexed by global node id."""
+        return self.walk.value
+
+    @property
+    def source_id(self) -> np.ndarray:
+        """scikit-learn's node id of each global node id."""
+        return self.walk.source_id
+
+    @property
+    def n_trees(self) -> int:
+        """Number of trees."""
+        return self.walk.n_trees
+
+    def leaves(self, x: np.ndarray) -> np.ndarray:
+        """Global leaf id per tree: (n_trees,) for one row (1-D), (n, n_trees) for rows (2-D)."""
+        rows = self._rows(x)
+        n_rows = 1 if rows.ndim == 1 else len(rows)
+        out = np.empty((n_rows, self.n_trees), dtype=np.intp)
+        self.library.leaves(self.address, rows.tobytes(), n_rows, rows.shape[-1], out.ctypes.data)
+        return out[0] if rows.ndim == 1 else out
+
+    def leaf_values(self, row: np.ndarray) -> np.ndarray:
+        """Leaf value per tree for one row (1-D)."""
+        return self.walk.value[self.leaves(row)]
+
+    def sums(self, x: np.ndarray, n_outputs: int) -> np.ndarray:
+        """Per row, the trees as `n_outputs` equal runs, each run's leaf values added left to right."""
+        if n_outputs < 1 or self.n_trees % n_outputs:
+            raise ValueError(f"{self.n_trees} trees do not split into {n_outputs} equal runs")
+        rows = self._rows(x)
+        n_rows = 1 if rows.ndim == 1 else len(rows)
+        # A ctypes buffer viewed by numpy: cheaper per call than an array's .ctypes address.
+        out = (ctypes.c_double * (n_rows * n_outputs))()
+        self.library.sums(self.address, rows.tobytes(), n_rows, rows.shape[-1], n_outputs, ctypes.addressof(out))
+        sums = np.frombuffer(memoryview(out), dtype=np.float64)
+        return sums if rows.ndim == 1 else sums.reshape(n_rows, n_outputs)
+
+    def _rows(self, x: np.ndarray) -> np.ndarray:
+        """x as one row (1-D) or rows (2-D) of float64 with at least the columns the trees test (C reads them
+        unchecked); tobytes() hands C a contiguous copy."""
+        rows = np.asarray(x, dtype=np.float64)
+        if rows.ndim not in (1, 2) or rows.shape[-1] < self.width:
+            raise ValueError(f"expected rows of at least {self.width} features, got shape {np.shape(x)}")
+        return rows
+
+
+@dataclass(frozen=True)
+class LeafMasks(_SumsOfLeaves):
     """Split nodes of all trees in one array, each with the leaves it removes when the row goes right."""
 
     feature: np.ndarray  # intp, per split node
@@ -329,7 +443,7 @@ class LeafMasks:
 
 
 @dataclass(frozen=True)
-class CellGrid:
+class CellGrid(_SumsOfLeaves):
     """Trees over few features as lookup tables: the row's rank among each feature's thresholds picks a cell per tree.
 
     All rows with the same number of thresholds below them in every feature (NaN is a rank of its own) take
@@ -498,8 +612,13 @@ def _depth(tree: TreeArrays) -> int:
     return deepest
 
 
-def compile_trees(trees: Sequence[TreeArrays], strategy: Strategy = "auto") -> LevelWalk | LeafMasks | CellGrid:
-    """Compile trees with the given strategy, or the cheapest for one row by the cost model ("auto")."""
+def compile_trees(
+    trees: Sequence[TreeArrays], strategy: Strategy = "auto"
+) -> NativeWalk | LevelWalk | LeafMasks | CellGrid:
+    """Compile trees with the given strategy; "auto" is the native walk when built, else the cheapest numpy
+    strategy for one row by the cost model."""
+    if strategy == "native" or (strategy == "auto" and treewalk.library() is not None):
+        return NativeWalk.build(trees)
     if strategy == "walk":
         return LevelWalk.build(trees)
     if strategy == "masks":
@@ -598,10 +717,7 @@ class _BoostedSums:
 
     def raw(self, rows: np.ndarray) -> np.ndarray:
         """Raw predictions: (n_outputs,) for one row (1-D), (n, n_outputs) for rows (2-D)."""
-        if rows.ndim == 1:
-            return _sequential_sum(self.trees.leaf_values(rows).reshape(self.n_outputs, self.longest))
-        values = self.trees.value[self.trees.leaves(rows)]
-        return _sequential_sum(values.reshape(len(rows), self.n_outputs, self.longest))
+        return self.trees.sums(rows, self.n_outputs)
 
     def apply(self, rows: np.ndarray) -> np.ndarray:
         """Leaf per tree in scikit-learn's node numbering, (n, n_trees): output by output, baseline first, then
@@ -811,7 +927,7 @@ class FastIsolationForest:
     def score_samples(self, x: Any) -> np.ndarray:
         """Opposite of the anomaly score, (n,): the lower, the more abnormal."""
         rows = np.atleast_2d(_as_rows(x, self.n_features))
-        depths = _sequential_sum(self.trees.value[self.trees.leaves(rows)])
+        depths = self.trees.sums(rows, 1)[:, 0]
         if self._denominator == 0.0:  # one training sample: scikit-learn defines the score as -0.5
             return np.full(len(rows), -0.5)
         return np.asarray(-(2.0 ** (-(depths / self._denominator))))
@@ -821,7 +937,7 @@ class FastIsolationForest:
         row = _one_row(x, self.n_features)
         if self._denominator == 0.0:
             return -0.5
-        depth = np.add.accumulate(self.trees.leaf_values(row))[-1:]
+        depth = self.trees.sums(row, 1)
         # numpy's array power, as score_samples: Python's float power may differ in the last bit.
         # depth / -d is exactly -(depth / d) (IEEE division is sign-symmetric): one call fewer.
         return -float((2.0 ** (depth / -self._denominator))[0])

@@ -11,6 +11,7 @@ test asserts that the points reach every leaf.
 
 from __future__ import annotations
 
+import subprocess
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -18,6 +19,7 @@ import pytest
 from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor, IsolationForest
 from threadpoolctl import threadpool_limits
 
+from fitting_room import treewalk
 from fitting_room.fastpath import (
     CellGrid,
     CompiledTrees,
@@ -27,6 +29,7 @@ from fitting_room.fastpath import (
     FastRegressors,
     LeafMasks,
     LevelWalk,
+    NativeWalk,
     Strategy,
     TreeArrays,
     compile_trees,
@@ -34,7 +37,7 @@ from fitting_room.fastpath import (
 )
 
 RTOL = 1e-9  # the issue's bar; in practice the outputs are bit-identical
-STRATEGIES = ("walk", "masks", "grid")
+STRATEGIES = ("native", "walk", "masks", "grid")
 TOO_BIG_FOR_GRID = {"three_class"}  # its cell tables would exceed the size limit (tested below)
 N_FEATURES = 6
 
@@ -235,10 +238,15 @@ def _boosted_columns(model: HistGradientBoostingRegressor | HistGradientBoosting
 
 
 def _assert_one_row_path_agrees(trees: CompiledTrees, points: np.ndarray) -> None:
-    """The one-row path (a request's) reaches the same leaf, with the same value, as the block path."""
-    for row, leaves in zip(points, trees.leaves(points), strict=True):
+    """The one-row path (a request's) reaches the same leaf, with the same value, as the block path, and the
+    sums of both paths (one run per tree, and all trees in one run) are the leaf values added in order."""
+    every_leaf = trees.leaves(points)
+    for row, leaves in zip(points, every_leaf, strict=True):
         np.testing.assert_array_equal(trees.leaves(row), leaves)
         np.testing.assert_array_equal(trees.leaf_values(row), trees.value[leaves])
+        np.testing.assert_array_equal(trees.sums(row, trees.n_trees), trees.value[leaves])
+        np.testing.assert_array_equal(trees.sums(row, 1), np.cumsum(trees.value[leaves])[-1:])
+    np.testing.assert_array_equal(trees.sums(points, 1)[:, 0], np.cumsum(trees.value[every_leaf], axis=1)[:, -1])
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -317,7 +325,7 @@ def test_regressors_in_one_pass_equal_each_model(regressors):
 
 
 def _forest_strategies(name: str) -> list[Strategy]:
-    strategies: list[Strategy] = ["walk"]
+    strategies: list[Strategy] = ["native", "walk"]
     if name == "small_trees":  # masks hold trees of <= 64 leaves
         strategies.append("masks")
     if name != "nan":  # six features in every tree: far too many cells
@@ -388,7 +396,18 @@ def test_float32_upper_bounds_match_float32_rounding():
 # Choice of strategy, inputs, concurrency
 
 
-def test_auto_strategy_picks_by_cost_and_size(regressors, classifiers, forests):
+def test_native_walk_is_built_and_auto_picks_it(regressors, classifiers, forests):
+    # `make test` builds the library first (`make native`); the API's models must run on it.
+    assert treewalk.library() is not None, "fitting_room/_treewalk.so is missing: run `make native`"
+    assert isinstance(FastRegressor(regressors["absolute_error_nan"]).trees, NativeWalk)
+    assert isinstance(FastClassifier(classifiers["three_class"]).trees, NativeWalk)
+    assert isinstance(FastIsolationForest(forests["two_features"]).trees, NativeWalk)
+
+
+def test_auto_strategy_without_the_library_picks_by_cost_and_size(regressors, classifiers, forests, monkeypatch):
+    monkeypatch.setattr(treewalk, "library", lambda: None)
+    with pytest.raises(ValueError, match="make native"):
+        FastRegressor(regressors["squared_error"], strategy="native")
     # Cell tables whenever they stay small: the detector's two-feature forest, small boosting models.
     assert isinstance(FastIsolationForest(forests["two_features"]).trees, CellGrid)
     assert isinstance(FastRegressor(regressors["absolute_error_nan"]).trees, CellGrid)
@@ -419,13 +438,35 @@ def test_strategies_agree_on_boundary_thresholds_and_single_leaf_trees():
     values = [np.nan, np.inf, -np.inf, 0.0, -0.0, 1e300, np.nextafter(1e300, np.inf), 5e-324, -5e-324]
     x = np.array([(a, b) for a in values for b in values])
     expected = compile_trees(trees, "walk").leaves(x)
-    for strategy in ("masks", "grid"):
+    for strategy in ("native", "masks", "grid"):
         compiled = compile_trees(trees, strategy)
         np.testing.assert_array_equal(compiled.value[compiled.leaves(x)], LevelWalk.build(trees).value[expected])
         _assert_one_row_path_agrees(compiled, x)
     only_leaves = compile_trees([leaf, leaf], "grid")
     assert only_leaves.leaf_values(np.array([np.nan])).tolist() == [2.5, 2.5]
     np.testing.assert_array_equal(only_leaves.value[only_leaves.leaves(x[:, :1])], np.full((len(x), 2), 2.5))
+
+
+def test_native_walk_refuses_rows_without_the_columns_its_trees_test(regressors):
+    trees = FastRegressor(regressors["squared_error"], "native").trees
+    assert isinstance(trees, NativeWalk)
+    assert 2 <= trees.width <= N_FEATURES  # one past the last column some tree splits on
+    with pytest.raises(ValueError, match=f"at least {trees.width} features"):
+        trees.leaves(np.zeros(trees.width - 1))
+    with pytest.raises(ValueError, match=f"at least {trees.width} features"):
+        trees.sums(np.zeros((3, trees.width - 1)), 1)
+    with pytest.raises(ValueError, match="equal runs"):
+        trees.sums(np.zeros(N_FEATURES), trees.n_trees + 1)
+
+
+def test_a_missing_or_foreign_library_is_not_used(tmp_path, caplog):
+    assert treewalk.library.__wrapped__(tmp_path / "absent.so") is None
+    # A library whose treewalk_abi() differs was built from another treewalk.c: its layout may differ too.
+    source = tmp_path / "foreign.c"
+    source.write_text(f"int treewalk_abi(void) {{ return {treewalk.ABI + 1}; }}\n")
+    subprocess.run(["cc", "-shared", "-fPIC", "-o", str(tmp_path / "foreign.so"), str(source)], check=True)
+    assert treewalk.library.__wrapped__(tmp_path / "foreign.so") is None
+    assert "built from another treewalk.c" in caplog.text
 
 
 def test_refuses_what_it_cannot_reproduce(regressors):
@@ -444,14 +485,19 @@ def test_refuses_what_it_cannot_reproduce(regressors):
         fast.predict_one(np.zeros((2, N_FEATURES)))
 
 
-def test_compiled_arrays_are_read_only_and_concurrent_calls_agree(regressors, forests):
-    fast = FastRegressor(regressors["absolute_error_nan"])
-    forest = FastIsolationForest(forests["two_features"])
+@pytest.mark.parametrize("strategy", ["native", "grid"])
+def test_compiled_arrays_are_read_only_and_concurrent_calls_agree(regressors, forests, strategy):
+    fast = FastRegressor(regressors["absolute_error_nan"], strategy)
+    forest = FastIsolationForest(forests["two_features"], strategy)
     assert not fast.trees.value.flags.writeable
-    assert isinstance(forest.trees, CellGrid)
-    assert not forest.trees.offsets.flags.writeable
-    assert not forest.trees.cell_value.flags.writeable
-    assert not any(b.flags.writeable for b in forest.trees.bound_arrays)
+    if isinstance(forest.trees, CellGrid):
+        assert not forest.trees.offsets.flags.writeable
+        assert not forest.trees.cell_value.flags.writeable
+        assert not any(b.flags.writeable for b in forest.trees.bound_arrays)
+    else:  # the C walk reads the LevelWalk's arrays
+        assert isinstance(forest.trees, NativeWalk)
+        assert not forest.trees.walk.threshold.flags.writeable
+        assert not forest.trees.walk.left.flags.writeable
     x = _edge_rows(N_FEATURES)
     x2 = _edge_rows(2)
     expected = fast.predict(x)
