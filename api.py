@@ -138,6 +138,7 @@ class ModelStatus:
 
     manifest: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
+    inference: str | None = None  # "native" when both models score on the compiled tree walk, else "numpy"
 
     def versions(self) -> list[tuple[str, str]]:
         """(artifact, SHA-256 prefix) of every loaded artifact."""
@@ -263,7 +264,8 @@ def swap_models(service: FittingRoomService, model_dir: Path) -> ModelStatus:
         service.predictor = service.detector = UnavailableModel(str(err))
         return ModelStatus(error=str(err))
     service.predictor, service.detector = predictor, detector
-    return ModelStatus(manifest=manifest)
+    inference = "native" if {predictor.inference, detector.inference} == {"native"} else "numpy"
+    return ModelStatus(manifest=manifest, inference=inference)
 
 
 class FittingRoomAPI(FastAPI):
@@ -640,7 +642,7 @@ def _add_routes(app: FastAPI) -> None:
     @app.get("/models", response_model=LoadedModelsResponse, responses=ERRORS)
     def loaded_models(store: Staff) -> LoadedModelsResponse:
         """What is loaded for the caller's store: versions, training time, data size and headline metrics."""
-        return presenters.models_response(store.models.manifest, store.models.error)
+        return presenters.models_response(store.models.manifest, store.models.error, store.models.inference)
 
     @app.post("/models/reload", response_model=LoadedModelsResponse, responses=ERRORS)
     def reload_models(store: Admin, state: State) -> LoadedModelsResponse:
@@ -649,7 +651,7 @@ def _add_routes(app: FastAPI) -> None:
         settle_heap()
         if store.models.error:
             raise ServiceUnavailableError(f"models not loaded: {store.models.error}")
-        return presenters.models_response(store.models.manifest, None)
+        return presenters.models_response(store.models.manifest, None, store.models.inference)
 
     @app.put("/rooms", response_model=RoomsConfigResponse, responses=ERRORS)
     def configure_rooms(body: RoomsConfigRequest, store: Admin) -> RoomsConfigResponse:

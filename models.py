@@ -57,7 +57,7 @@ from threadpoolctl import threadpool_limits
 from fitting_room.catalog import Catalog
 from fitting_room.errors import InvalidRequestError, ModelLoadError
 from fitting_room.evidence import Evidence, Reason, collect_evidence, evidence_reasons, sessions_with_evidence
-from fitting_room.fastpath import FastClassifier, FastIsolationForest, FastRegressors
+from fitting_room.fastpath import FastClassifier, FastIsolationForest, FastRegressors, NativeWalk
 from fitting_room.features import FeatureBuilder
 
 __all__ = [
@@ -146,6 +146,15 @@ class _Persistent:
         if self._fast is None:
             self._fast = self._compile()
         return self._fast
+
+    @property
+    def inference(self) -> str:
+        """How a request's row is scored: "native" (every ensemble on the compiled tree walk) or "numpy"."""
+        return "native" if all(isinstance(t, NativeWalk) for t in self._compiled_trees()) else "numpy"
+
+    def _compiled_trees(self) -> list[Any]:
+        """The fast path's compiled ensembles."""
+        raise NotImplementedError
 
     def _schema(self) -> dict[str, Any]:
         """What a saved copy must agree on with the current code to be usable."""
@@ -393,6 +402,9 @@ class DurationPredictor(_Persistent):
 
     def _compile(self) -> FastRegressors:
         return FastRegressors([self.median_model_, self.scale_model_])
+
+    def _compiled_trees(self) -> list[Any]:
+        return [self._fast_path().trees]
 
 
 # Features of a finished session; larger is more suspicious for all but n_items.
@@ -649,6 +661,10 @@ class AnomalyDetector(_Persistent):
 
     def _expected_schema(self) -> dict[str, Any]:
         return {"detector_features": list(DETECTOR_FEATURES)}
+
+    def _compiled_trees(self) -> list[Any]:
+        fast: _DetectorTwin = self._fast_path()
+        return [fast.isolation.trees] + ([fast.classifier.trees] if fast.classifier is not None else [])
 
     def _compile(self) -> _DetectorTwin:
         classifier = getattr(self, "classifier_", None)

@@ -23,7 +23,8 @@ request takes; `leaves` also takes blocks of rows):
   leaf is tabulated per cell; a row costs a binary search per feature and ~5 calls, whatever the
   depth. Used when the tables stay within a few MB.
 
-Without the native walk, the numpy strategy is chosen per ensemble by a cost estimate.
+Without the native walk (or asked for "numpy"), the numpy strategy is chosen per ensemble by a cost
+estimate.
 
 Outputs equal scikit-learn's (bit for bit in practice; tests/test_fastpath.py requires a relative
 difference <= 1e-9 and reaches every leaf): the same comparisons (`x <= threshold` goes left, NaN
@@ -66,7 +67,8 @@ __all__ = [
     "float32_upper_bounds",
 ]
 
-Strategy = Literal["auto", "native", "walk", "masks", "grid"]
+# "auto": native when built, else "numpy"; "numpy": the cheapest numpy strategy for one row by the cost model.
+Strategy = Literal["auto", "native", "numpy", "walk", "masks", "grid"]
 
 # Rows evaluated at once in batch calls: bounds the (rows x nodes) work arrays to a few MB.
 _CHUNK_CELLS = 1 << 18
@@ -615,8 +617,7 @@ def _depth(tree: TreeArrays) -> int:
 def compile_trees(
     trees: Sequence[TreeArrays], strategy: Strategy = "auto"
 ) -> NativeWalk | LevelWalk | LeafMasks | CellGrid:
-    """Compile trees with the given strategy; "auto" is the native walk when built, else the cheapest numpy
-    strategy for one row by the cost model."""
+    """Compile trees with the given strategy (see Strategy)."""
     if strategy == "native" or (strategy == "auto" and treewalk.library() is not None):
         return NativeWalk.build(trees)
     if strategy == "walk":

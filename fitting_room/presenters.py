@@ -178,8 +178,8 @@ def alert_response(alert: Alert) -> AlertResponse:
     )
 
 
-def models_response(manifest: dict[str, Any], error: str | None) -> LoadedModelsResponse:
-    """Body of GET /models from the verified manifest."""
+def models_response(manifest: dict[str, Any], error: str | None, inference: str | None) -> LoadedModelsResponse:
+    """Body of GET /models from the verified manifest and the loaded models' inference path (None without)."""
     artifacts = manifest.get("artifacts", {})
     return LoadedModelsResponse(
         loaded=error is None and bool(artifacts),
@@ -189,4 +189,5 @@ def models_response(manifest: dict[str, Any], error: str | None) -> LoadedModels
         sklearn_version=manifest.get("sklearn_version"),
         data=dict(manifest.get("data", {})),
         metrics=dict(manifest.get("headline_metrics", {})),
+        inference=inference,
     )

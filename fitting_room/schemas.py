@@ -333,6 +333,11 @@ class LoadedModelsResponse(BaseModel):
     sklearn_version: str | None = Field(description="scikit-learn version they were built with.", examples=["1.9.1"])
     data: dict[str, Any] = Field(description="Training-data summary (sessions, date range, labels).")
     metrics: dict[str, Any] = Field(description="Headline held-out metrics.")
+    inference: Literal["native", "numpy"] | None = Field(
+        description="How requests' rows are scored: native (the compiled tree walk, `make native`) or numpy (its "
+        "slower fallback, the same numbers); null without models.",
+        examples=["native"],
+    )
 
 
 class RoomConfig(BaseModel):

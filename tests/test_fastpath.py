@@ -405,6 +405,8 @@ def test_native_walk_is_built_and_auto_picks_it(regressors, classifiers, forests
 
 
 def test_auto_strategy_without_the_library_picks_by_cost_and_size(regressors, classifiers, forests, monkeypatch):
+    # Asked for, the cost model picks the same without the library as with it.
+    assert isinstance(FastIsolationForest(forests["two_features"], strategy="numpy").trees, CellGrid)
     monkeypatch.setattr(treewalk, "library", lambda: None)
     with pytest.raises(ValueError, match="make native"):
         FastRegressor(regressors["squared_error"], strategy="native")

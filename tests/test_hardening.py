@@ -172,6 +172,35 @@ def test_readyz_and_models(client: TestClient):
     assert models["loaded"] is True
     assert {m["name"] for m in models["models"]} == {"duration_model.pkl", "anomaly_model.pkl"}
     assert models["trained_at"]
+    assert models["inference"] == "native", "`make test` builds the compiled tree walk the API must use"
+
+
+def test_without_the_native_walk_the_api_scores_with_numpy_and_says_so(
+    client: TestClient, artifacts: Artifacts, database: str, monkeypatch: pytest.MonkeyPatch
+):
+    from api import create_app
+    from fitting_room import treewalk
+    from fitting_room.settings import Settings
+
+    body = {"item_ids": ["sku-0001", "sku-0002"], "entry_time": "2026-12-04T14:30:00+00:00"}
+    exit_body = {
+        "session_id": "never-seen",
+        "room_id": client.get("/rooms/status").json()["rooms"][0]["room_id"],
+        "entry_scans": ["sku-0001", "sku-0002"],
+        "exit_scans": ["sku-0001"],
+        "entry_time": "2026-12-04T14:30:00+00:00",
+        "actual_duration": 41.0,
+    }
+    native = (client.post("/predict_duration", json=body).json(), client.post("/detect_anomaly", json=exit_body).json())
+    monkeypatch.setattr(treewalk, "library", lambda: None)
+    settings = Settings(data_dir=artifacts.data_dir, model_dir=artifacts.model_dir, database=database)
+    with TestClient(create_app(settings)) as fallback:
+        assert fallback.get("/models").json()["inference"] == "numpy"
+        answers = (
+            fallback.post("/predict_duration", json=body).json(),
+            fallback.post("/detect_anomaly", json=exit_body).json(),
+        )
+    assert answers == native, "both paths give the same numbers"
 
 
 def test_admin_room_configuration_promotes_into_new_rooms(client: TestClient):
