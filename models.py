@@ -296,7 +296,7 @@ class DurationPredictor(_Persistent):
             raise InvalidRequestError(f"interval level must be between {MIN_LEVEL} and {MAX_LEVEL}, got {level}")
         x, unknown = self.builder_.row(item_ids, entry_time, catalog)
         # Both models in one fast-path pass; the same numbers as their predict().
-        center, raw_scale = self._fast_path().predict(x).tolist()
+        center, raw_scale = self._fast_path().predict_row(x)
         scale = max(raw_scale, self.scale_floor_)
         median = math.exp(center)
         low = math.exp(center + scale * self._residual_quantile((1.0 - level) / 2.0))

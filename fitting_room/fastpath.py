@@ -130,6 +130,10 @@ class CompiledTrees(Protocol):
         (n_outputs,) for one row (1-D), (n, n_outputs) for rows (2-D)."""
         ...
 
+    def row_sums(self, row: np.ndarray, n_outputs: int) -> list[float]:
+        """sums() of one row (1-D float64) as floats: the per-request path, with no array around the answer."""
+        ...
+
 
 class _SumsOfLeaves:
     """`sums` from `leaves` and `value`, for the strategies that find leaves with numpy."""
@@ -139,6 +143,11 @@ class _SumsOfLeaves:
         if x.ndim == 1:
             return _sequential_sum(self.leaf_values(x).reshape(n_outputs, -1))
         return _sequential_sum(self.value[self.leaves(x)].reshape(len(x), n_outputs, -1))
+
+    def row_sums(self: CompiledTrees, row: np.ndarray, n_outputs: int) -> list[float]:
+        """sums() of one row (1-D) as floats."""
+        values: list[float] = self.sums(row, n_outputs).tolist()
+        return values
 
 
 def _freeze(*arrays: np.ndarray) -> None:
@@ -324,6 +333,17 @@ class NativeWalk:
         self.library.sums(self.address, rows.tobytes(), n_rows, rows.shape[-1], n_outputs, ctypes.addressof(out))
         sums = np.frombuffer(memoryview(out), dtype=np.float64)
         return sums if rows.ndim == 1 else sums.reshape(n_rows, n_outputs)
+
+    def row_sums(self, row: np.ndarray, n_outputs: int) -> list[float]:
+        """sums() of one row (1-D float64) as floats: ~7 µs less than sums() with a cold cache (no conversion, no
+        array around the answer), which is what a request's prediction meets."""
+        if row.ndim != 1 or row.dtype != np.float64 or len(row) < self.width:
+            raise ValueError(f"expected one float64 row of at least {self.width} features, got {row.dtype} {row.shape}")
+        if n_outputs < 1 or self.n_trees % n_outputs:
+            raise ValueError(f"{self.n_trees} trees do not split into {n_outputs} equal runs")
+        out = (ctypes.c_double * n_outputs)()
+        self.library.sums(self.address, row.tobytes(), 1, len(row), n_outputs, ctypes.addressof(out))
+        return out[:]
 
     def _rows(self, x: np.ndarray) -> np.ndarray:
         """x as one row (1-D) or rows (2-D) of float64 with at least the columns the trees test (C reads them
@@ -720,6 +740,10 @@ class _BoostedSums:
         """Raw predictions: (n_outputs,) for one row (1-D), (n, n_outputs) for rows (2-D)."""
         return self.trees.sums(rows, self.n_outputs)
 
+    def raw_row(self, row: np.ndarray) -> list[float]:
+        """Raw predictions of one row (1-D float64) as floats."""
+        return self.trees.row_sums(row, self.n_outputs)
+
     def apply(self, rows: np.ndarray) -> np.ndarray:
         """Leaf per tree in scikit-learn's node numbering, (n, n_trees): output by output, baseline first, then
         the output's trees in iteration order and any zero-valued padding."""
@@ -759,6 +783,14 @@ class FastRegressors:
         raw = self._sums.raw(_as_rows(x, self.n_features))
         return np.where(self._log_link, np.exp(raw), raw) if self._any_log else raw
 
+    def predict_row(self, x: Any) -> list[float]:
+        """Predictions of one row (1-D), one per model, as floats: the per-request call."""
+        raw = self._sums.raw_row(_one_row(x, self.n_features))
+        if not self._any_log:
+            return raw
+        values: list[float] = np.where(self._log_link, np.exp(raw), raw).tolist()  # as predict() computes them
+        return values
+
     def apply(self, x: Any) -> np.ndarray:
         """Leaf per tree in scikit-learn's node numbering (see _BoostedSums.apply)."""
         return self._sums.apply(_as_rows(x, self.n_features))
@@ -784,7 +816,7 @@ class FastRegressor:
 
     def predict_one(self, x: Any) -> float:
         """Prediction for one row (1-D): the kiosk's per-request call."""
-        return float(self._group.predict(_one_row(x, self.n_features))[0])
+        return self._group.predict_row(x)[0]
 
     def apply(self, x: Any) -> np.ndarray:
         """Leaf per tree in scikit-learn's node numbering (see _BoostedSums.apply)."""
@@ -828,8 +860,8 @@ class FastClassifier:
         """Probability of classes_[1] for one row (1-D) of a binary classifier."""
         if not self._binary:
             raise ValueError("positive_proba_one needs a binary classifier")
-        # expit of the (1,) array, as predict_proba applies it.
-        return float(expit(self._sums.raw(_one_row(x, self.n_features)))[0])
+        # expit of a (1,) array, as predict_proba applies it.
+        return float(expit(np.array(self._sums.raw_row(_one_row(x, self.n_features))))[0])
 
     def apply(self, x: Any) -> np.ndarray:
         """Leaf per tree in scikit-learn's node numbering (see _BoostedSums.apply)."""
@@ -938,7 +970,7 @@ class FastIsolationForest:
         row = _one_row(x, self.n_features)
         if self._denominator == 0.0:
             return -0.5
-        depth = self.trees.sums(row, 1)
+        depth = np.array(self.trees.row_sums(row, 1))
         # numpy's array power, as score_samples: Python's float power may differ in the last bit.
         # depth / -d is exactly -(depth / d) (IEEE division is sign-symmetric): one call fewer.
         return -float((2.0 ** (depth / -self._denominator))[0])

@@ -246,6 +246,7 @@ def _assert_one_row_path_agrees(trees: CompiledTrees, points: np.ndarray) -> Non
         np.testing.assert_array_equal(trees.leaf_values(row), trees.value[leaves])
         np.testing.assert_array_equal(trees.sums(row, trees.n_trees), trees.value[leaves])
         np.testing.assert_array_equal(trees.sums(row, 1), np.cumsum(trees.value[leaves])[-1:])
+        assert trees.row_sums(row, 1) == trees.sums(row, 1).tolist()
     np.testing.assert_array_equal(trees.sums(points, 1)[:, 0], np.cumsum(trees.value[every_leaf], axis=1)[:, -1])
 
 
@@ -459,6 +460,15 @@ def test_native_walk_refuses_rows_without_the_columns_its_trees_test(regressors)
         trees.sums(np.zeros((3, trees.width - 1)), 1)
     with pytest.raises(ValueError, match="equal runs"):
         trees.sums(np.zeros(N_FEATURES), trees.n_trees + 1)
+    # The request's path reads the row's bytes as they are: only a float64 row with the columns will do.
+    with pytest.raises(ValueError, match=f"at least {trees.width} features"):
+        trees.row_sums(np.zeros(trees.width - 1), 1)
+    with pytest.raises(ValueError, match="float64 row"):
+        trees.row_sums(np.zeros(N_FEATURES, dtype=np.float32), 1)
+    with pytest.raises(ValueError, match="float64 row"):
+        trees.row_sums(np.zeros((1, N_FEATURES)), 1)
+    with pytest.raises(ValueError, match="equal runs"):
+        trees.row_sums(np.zeros(N_FEATURES), trees.n_trees + 1)
 
 
 def test_a_missing_or_foreign_library_is_not_used(tmp_path, caplog):
