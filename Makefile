@@ -30,7 +30,7 @@ $(NATIVE): fitting_room/treewalk.c
 		$$SUDO apt-get update && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends gcc libc6-dev; }
 	$(CC) -O2 -fPIC -shared -Wall -Wextra -Werror -o $@ $<
 
-data/item_database.json data/historical_sessions.csv &: | $(VENV)/.runtime $(NATIVE)
+data/item_database.json data/historical_sessions.csv &: | $(VENV)/.runtime
 	$(PY) simulate_data.py --out-dir data
 
 models/duration_model.pkl models/anomaly_model.pkl &: data/item_database.json data/historical_sessions.csv | $(VENV)/.runtime $(NATIVE)

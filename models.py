@@ -57,8 +57,9 @@ from threadpoolctl import threadpool_limits
 from fitting_room.catalog import Catalog
 from fitting_room.errors import InvalidRequestError, ModelLoadError
 from fitting_room.evidence import Evidence, Reason, collect_evidence, evidence_reasons, sessions_with_evidence
-from fitting_room.fastpath import FastClassifier, FastIsolationForest, FastRegressors, NativeWalk
+from fitting_room.fastpath import FastClassifier, FastIsolationForest, FastRegressors
 from fitting_room.features import FeatureBuilder
+from fitting_room.tree_strategies import NativeWalk
 
 __all__ = [
     "QUANTILE_LEVELS",
@@ -126,7 +127,7 @@ class AnomalyResult:
 class _Persistent:
     """joblib save/load with a checked envelope (class, library versions, feature schema).
 
-    Fitted models keep a fast-path twin (fitting_room.fastpath: the trees as flat numpy arrays, outputs
+    Fitted models keep a fast-path twin (fitting_room.fastpath: the trees as flat arrays, outputs
     equal to scikit-learn's) for the API's one-row calls; it is built at load and on first use after a
     fit, and never pickled, so the artifacts stay plain scikit-learn.
     """
@@ -273,14 +274,8 @@ class DurationPredictor(_Persistent):
         """Predicted duration for a session starting now with these items; `level` in 0.5-0.99."""
         found, center, scale = self._row_interval(item_ids, entry_time, catalog, level)
         grid = np.exp(center + scale * self.quantile_grid_)
-        return DurationEstimate(
-            median=found.median,
-            low=found.low,
-            high=found.high,
-            level=found.level,
-            unknown_item_ids=found.unknown_item_ids,
-            quantiles=tuple(grid.tolist()),  # Python floats, the same values
-        )
+        # The interval's fields as found, and the grid as Python floats (the same values).
+        return DurationEstimate(**vars(found), quantiles=tuple(grid.tolist()))
 
     def interval(
         self, item_ids: Sequence[str], entry_time: datetime, catalog: Catalog, level: float = 0.9

@@ -22,7 +22,9 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -37,13 +39,16 @@ from benchmarks._common import (
     store_parser,
     time_calls,
 )
-from fitting_room.fastpath import FastClassifier, FastIsolationForest, FastRegressor, FastRegressors, Strategy
+from fitting_room.fastpath import FastClassifier, FastIsolationForest, FastRegressor, FastRegressors
 from fitting_room.history import load_history
+from fitting_room.tree_strategies import Strategy
 
 TARGETS = {"duration model": 10.0, "anomaly model": 20.0}
 # Read before each cold call: several times this machine's L2 cache (2 MB per core).
 COLD_BYTES = 16 << 20
 COLD_CALLS = 300
+# The fast paths timed: the native walk (as the API compiles the models), then the numpy strategies.
+PATHS: tuple[Strategy, Strategy] = ("native", "numpy")
 
 
 @dataclass(frozen=True)
@@ -53,8 +58,8 @@ class Case:
     name: str
     detail: str
     sklearn: Callable[[int], object]
-    fast: Callable[[int], object]
-    numpy: Callable[[int], object]
+    # The fast path's call, native walk (as the API scores) then numpy strategies: on_paths makes them.
+    paths: tuple[Callable[[int], object], Callable[[int], object]]
     max_rel_diff: float  # of both fast paths against scikit-learn
 
 
@@ -91,12 +96,10 @@ def build_cases(model_dir: Path, data_dir: Path, n_rows: int, seed: int) -> tupl
 
     median, scale = predictor.median_model_, predictor.scale_model_
     isolation = detector.isolation_
-    # Index 0: the native walk (as the API compiles them), 1: the numpy strategies.
-    paths: tuple[Strategy, Strategy] = ("native", "numpy")
-    fast_median = [FastRegressor(median, p) for p in paths]
-    fast_scale = [FastRegressor(scale, p) for p in paths]
-    fast_duration = [FastRegressors([median, scale], p) for p in paths]
-    fast_isolation = [FastIsolationForest(isolation, p) for p in paths]
+    fast_median = [FastRegressor(median, p) for p in PATHS]
+    fast_scale = [FastRegressor(scale, p) for p in PATHS]
+    fast_duration = [FastRegressors([median, scale], p) for p in PATHS]
+    fast_isolation = [FastIsolationForest(isolation, p) for p in PATHS]
 
     both = np.column_stack((median.predict(x_duration), scale.predict(x_duration)))
     isolation_scores = isolation.score_samples(x_isolation)
@@ -105,32 +108,28 @@ def build_cases(model_dir: Path, data_dir: Path, n_rows: int, seed: int) -> tupl
             "duration median model",
             f"HGB regressor, {median.n_iter_} trees, {x_duration.shape[1]} features",
             lambda i: median.predict(x_duration[i % n][None, :]),
-            lambda i: fast_median[0].predict_one(x_duration[i % n]),
-            lambda i: fast_median[1].predict_one(x_duration[i % n]),
+            on_paths(lambda f, i: f.predict_one(x_duration[i % n]), fast_median),
             max(rel_diff(both[:, 0], [f.predict_one(r) for r in x_duration]) for f in fast_median),
         ),
         Case(
             "duration scale model",
             f"HGB regressor, {scale.n_iter_} trees",
             lambda i: scale.predict(x_duration[i % n][None, :]),
-            lambda i: fast_scale[0].predict_one(x_duration[i % n]),
-            lambda i: fast_scale[1].predict_one(x_duration[i % n]),
+            on_paths(lambda f, i: f.predict_one(x_duration[i % n]), fast_scale),
             max(rel_diff(both[:, 1], [f.predict_one(r) for r in x_duration]) for f in fast_scale),
         ),
         Case(
             "duration model",
             "median + scale per estimate; fast path: one pass over both",
             lambda i: (median.predict(x_duration[i % n][None, :]), scale.predict(x_duration[i % n][None, :])),
-            lambda i: fast_duration[0].predict(x_duration[i % n]),
-            lambda i: fast_duration[1].predict(x_duration[i % n]),
+            on_paths(lambda f, i: f.predict(x_duration[i % n]), fast_duration),
             max(rel_diff(both, np.array([f.predict(r) for r in x_duration])) for f in fast_duration),
         ),
         Case(
             "anomaly isolation forest",
             f"IsolationForest, {len(isolation.estimators_)} trees, {x_isolation.shape[1]} features",
             lambda i: isolation.score_samples(x_isolation[i % n][None, :]),
-            lambda i: fast_isolation[0].score_one(x_isolation[i % n]),
-            lambda i: fast_isolation[1].score_one(x_isolation[i % n]),
+            on_paths(lambda f, i: f.score_one(x_isolation[i % n]), fast_isolation),
             max(rel_diff(isolation_scores, [f.score_one(r) for r in x_isolation]) for f in fast_isolation),
         ),
     ]
@@ -141,14 +140,13 @@ def build_cases(model_dir: Path, data_dir: Path, n_rows: int, seed: int) -> tupl
                 "anomaly model",
                 "unsupervised: the isolation forest is its only model",
                 cases[-1].sklearn,
-                cases[-1].fast,
-                cases[-1].numpy,
+                cases[-1].paths,
                 cases[-1].max_rel_diff,
             )
         )
     else:
         x_classifier = np.column_stack((features, detector._surprisals(features)))
-        fast_classifier = [FastClassifier(classifier, p) for p in paths]
+        fast_classifier = [FastClassifier(classifier, p) for p in PATHS]
         proba = classifier.predict_proba(x_classifier)[:, 1]
         classifier_diff = max(rel_diff(proba, [f.positive_proba_one(r) for r in x_classifier]) for f in fast_classifier)
         cases.append(
@@ -156,8 +154,7 @@ def build_cases(model_dir: Path, data_dir: Path, n_rows: int, seed: int) -> tupl
                 "anomaly classifier",
                 f"HGB classifier, {classifier.n_iter_} trees, {x_classifier.shape[1]} features",
                 lambda i: classifier.predict_proba(x_classifier[i % n][None, :]),
-                lambda i: fast_classifier[0].positive_proba_one(x_classifier[i % n]),
-                lambda i: fast_classifier[1].positive_proba_one(x_classifier[i % n]),
+                on_paths(lambda f, i: f.positive_proba_one(x_classifier[i % n]), fast_classifier),
                 classifier_diff,
             )
         )
@@ -169,13 +166,9 @@ def build_cases(model_dir: Path, data_dir: Path, n_rows: int, seed: int) -> tupl
                     isolation.score_samples(x_isolation[i % n][None, :]),
                     classifier.predict_proba(x_classifier[i % n][None, :]),
                 ),
-                lambda i: (
-                    fast_isolation[0].score_one(x_isolation[i % n]),
-                    fast_classifier[0].positive_proba_one(x_classifier[i % n]),
-                ),
-                lambda i: (
-                    fast_isolation[1].score_one(x_isolation[i % n]),
-                    fast_classifier[1].positive_proba_one(x_classifier[i % n]),
+                on_paths(
+                    lambda f, i: (f[0].score_one(x_isolation[i % n]), f[1].positive_proba_one(x_classifier[i % n])),
+                    list(zip(fast_isolation, fast_classifier, strict=True)),
                 ),
                 max(cases[-1].max_rel_diff, classifier_diff),
             )
@@ -185,6 +178,14 @@ def build_cases(model_dir: Path, data_dir: Path, n_rows: int, seed: int) -> tupl
         f"isolation {type(fast_isolation[1].trees).__name__}"
     )
     return cases, strategies
+
+
+def on_paths(
+    call: Callable[[Any, int], object], twins: Sequence[Any]
+) -> tuple[Callable[[int], object], Callable[[int], object]]:
+    """`call(twin, i)` bound to the native path's fast twin and to the numpy one (twins in the order of PATHS)."""
+    native, numpy_twin = twins
+    return partial(call, native), partial(call, numpy_twin)
 
 
 def time_cold(calls: Sequence[Callable[[int], object]], evict: np.ndarray) -> np.ndarray:
@@ -211,11 +212,10 @@ def run(args: argparse.Namespace) -> str:
         for case in cases:
             # Warm-up: first calls pay for lazy imports and thread-pool start.
             for i in range(20):
-                case.fast(i)
+                case.paths[0](i)
                 case.sklearn(i)
-            fast = float(np.median(time_calls(case.fast, args.fast_calls, args.budget)))
-            numpy_path = float(np.median(time_calls(case.numpy, args.fast_calls, args.budget)))
-            cold = np.median(time_cold((case.fast, case.numpy), evict), axis=1).tolist()
+            fast, numpy_path = (float(np.median(time_calls(c, args.fast_calls, args.budget))) for c in case.paths)
+            cold = np.median(time_cold(case.paths, evict), axis=1).tolist()
             threaded = float(np.median(time_calls(case.sklearn, args.sklearn_calls, args.budget)))
             with threadpool_limits(1):
                 single = float(np.median(time_calls(case.sklearn, args.sklearn_calls, args.budget)))

@@ -1,4 +1,4 @@
-/* Tree ensembles walked in C for fitting_room.fastpath's "native" strategy (loaded through ctypes by
+/* Tree ensembles walked in C for fitting_room.tree_strategies' "native" strategy (loaded through ctypes by
  * fitting_room/treewalk.py; built by `make native`).
  *
  * Each node is one 16-byte record, so a step down a tree reads one cache line: a split's threshold, its left

@@ -1,7 +1,7 @@
-"""ctypes binding of treewalk.c, the compiled tree walk behind fastpath's "native" strategy (`NativeWalk`).
+"""ctypes binding of treewalk.c, the compiled tree walk behind the "native" strategy (tree_strategies.NativeWalk).
 
 `make native` builds the library next to this file with the system's C compiler (`make run` and `make test` do
-it first). Where it is missing, fastpath's numpy strategies answer instead, with the same numbers.
+it first). Where it is missing, the numpy strategies answer instead, with the same numbers.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""The fast path equals scikit-learn: random and edge-case rows, and every leaf of every tree reached.
+"""The fast path (fastpath and its tree_strategies) equals scikit-learn: random and edge-case rows, and every
+leaf of every tree reached.
 
 Every leaf is reached by construction: for each leaf, the splits on its path bound each feature to an
 interval (lo, hi]; the leaf's point takes hi itself (exactly at a threshold, the `<=` boundary) or,
@@ -21,19 +22,21 @@ from threadpoolctl import threadpool_limits
 
 from fitting_room import treewalk
 from fitting_room.fastpath import (
-    CellGrid,
-    CompiledTrees,
     FastClassifier,
     FastIsolationForest,
     FastRegressor,
     FastRegressors,
+    float32_upper_bounds,
+)
+from fitting_room.tree_strategies import (
+    CellGrid,
+    CompiledTrees,
     LeafMasks,
     LevelWalk,
     NativeWalk,
     Strategy,
     TreeArrays,
     compile_trees,
-    float32_upper_bounds,
 )
 
 RTOL = 1e-9  # the issue's bar; in practice the outputs are bit-identical
