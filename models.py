@@ -59,7 +59,7 @@ from fitting_room.errors import InvalidRequestError, ModelLoadError
 from fitting_room.evidence import Evidence, Reason, collect_evidence, evidence_reasons, sessions_with_evidence
 from fitting_room.fastpath import FastClassifier, FastIsolationForest, FastRegressors
 from fitting_room.features import FeatureBuilder
-from fitting_room.tree_strategies import NativeWalk
+from fitting_room.tree_strategies import CompiledTrees, NativeWalk
 
 __all__ = [
     "QUANTILE_LEVELS",
@@ -153,7 +153,7 @@ class _Persistent:
         """How a request's row is scored: "native" (every ensemble on the compiled tree walk) or "numpy"."""
         return "native" if all(isinstance(t, NativeWalk) for t in self._compiled_trees()) else "numpy"
 
-    def _compiled_trees(self) -> list[Any]:
+    def _compiled_trees(self) -> Sequence[CompiledTrees]:
         """The fast path's compiled ensembles."""
         raise NotImplementedError
 
@@ -398,7 +398,7 @@ class DurationPredictor(_Persistent):
     def _compile(self) -> FastRegressors:
         return FastRegressors([self.median_model_, self.scale_model_])
 
-    def _compiled_trees(self) -> list[Any]:
+    def _compiled_trees(self) -> Sequence[CompiledTrees]:
         return [self._fast_path().trees]
 
 
@@ -657,7 +657,7 @@ class AnomalyDetector(_Persistent):
     def _expected_schema(self) -> dict[str, Any]:
         return {"detector_features": list(DETECTOR_FEATURES)}
 
-    def _compiled_trees(self) -> list[Any]:
+    def _compiled_trees(self) -> Sequence[CompiledTrees]:
         fast: _DetectorTwin = self._fast_path()
         return [fast.isolation.trees] + ([fast.classifier.trees] if fast.classifier is not None else [])
 

@@ -58,7 +58,7 @@ class Case:
     name: str
     detail: str
     sklearn: Callable[[int], object]
-    # The fast path's call, native walk (as the API scores) then numpy strategies: on_paths makes them.
+    # The fast path's call, native walk (as the API scores) then numpy strategies: fast_case makes them.
     paths: tuple[Callable[[int], object], Callable[[int], object]]
     max_rel_diff: float  # of both fast paths against scikit-learn
 
@@ -104,33 +104,37 @@ def build_cases(model_dir: Path, data_dir: Path, n_rows: int, seed: int) -> tupl
     both = np.column_stack((median.predict(x_duration), scale.predict(x_duration)))
     isolation_scores = isolation.score_samples(x_isolation)
     cases = [
-        Case(
+        fast_case(
             "duration median model",
             f"HGB regressor, {median.n_iter_} trees, {x_duration.shape[1]} features",
             lambda i: median.predict(x_duration[i % n][None, :]),
-            on_paths(lambda f, i: f.predict_one(x_duration[i % n]), fast_median),
-            max(rel_diff(both[:, 0], [f.predict_one(r) for r in x_duration]) for f in fast_median),
+            lambda f, i: f.predict_one(x_duration[i % n]),
+            fast_median,
+            both[:, 0],
         ),
-        Case(
+        fast_case(
             "duration scale model",
             f"HGB regressor, {scale.n_iter_} trees",
             lambda i: scale.predict(x_duration[i % n][None, :]),
-            on_paths(lambda f, i: f.predict_one(x_duration[i % n]), fast_scale),
-            max(rel_diff(both[:, 1], [f.predict_one(r) for r in x_duration]) for f in fast_scale),
+            lambda f, i: f.predict_one(x_duration[i % n]),
+            fast_scale,
+            both[:, 1],
         ),
-        Case(
+        fast_case(
             "duration model",
             "median + scale per estimate; fast path: one pass over both",
             lambda i: (median.predict(x_duration[i % n][None, :]), scale.predict(x_duration[i % n][None, :])),
-            on_paths(lambda f, i: f.predict(x_duration[i % n]), fast_duration),
-            max(rel_diff(both, np.array([f.predict(r) for r in x_duration])) for f in fast_duration),
+            lambda f, i: f.predict(x_duration[i % n]),
+            fast_duration,
+            both,
         ),
-        Case(
+        fast_case(
             "anomaly isolation forest",
             f"IsolationForest, {len(isolation.estimators_)} trees, {x_isolation.shape[1]} features",
             lambda i: isolation.score_samples(x_isolation[i % n][None, :]),
-            on_paths(lambda f, i: f.score_one(x_isolation[i % n]), fast_isolation),
-            max(rel_diff(isolation_scores, [f.score_one(r) for r in x_isolation]) for f in fast_isolation),
+            lambda f, i: f.score_one(x_isolation[i % n]),
+            fast_isolation,
+            isolation_scores,
         ),
     ]
     classifier = detector.classifier_
@@ -148,29 +152,27 @@ def build_cases(model_dir: Path, data_dir: Path, n_rows: int, seed: int) -> tupl
         x_classifier = np.column_stack((features, detector._surprisals(features)))
         fast_classifier = [FastClassifier(classifier, p) for p in PATHS]
         proba = classifier.predict_proba(x_classifier)[:, 1]
-        classifier_diff = max(rel_diff(proba, [f.positive_proba_one(r) for r in x_classifier]) for f in fast_classifier)
         cases.append(
-            Case(
+            fast_case(
                 "anomaly classifier",
                 f"HGB classifier, {classifier.n_iter_} trees, {x_classifier.shape[1]} features",
                 lambda i: classifier.predict_proba(x_classifier[i % n][None, :]),
-                on_paths(lambda f, i: f.positive_proba_one(x_classifier[i % n]), fast_classifier),
-                classifier_diff,
+                lambda f, i: f.positive_proba_one(x_classifier[i % n]),
+                fast_classifier,
+                proba,
             )
         )
         cases.append(
-            Case(
+            fast_case(
                 "anomaly model",
                 "isolation forest + classifier per exit check",
                 lambda i: (
                     isolation.score_samples(x_isolation[i % n][None, :]),
                     classifier.predict_proba(x_classifier[i % n][None, :]),
                 ),
-                on_paths(
-                    lambda f, i: (f[0].score_one(x_isolation[i % n]), f[1].positive_proba_one(x_classifier[i % n])),
-                    list(zip(fast_isolation, fast_classifier, strict=True)),
-                ),
-                max(cases[-1].max_rel_diff, classifier_diff),
+                lambda f, i: (f[0].score_one(x_isolation[i % n]), f[1].positive_proba_one(x_classifier[i % n])),
+                list(zip(fast_isolation, fast_classifier, strict=True)),
+                np.column_stack((isolation_scores, proba)),
             )
         )
     strategies = (
@@ -180,12 +182,20 @@ def build_cases(model_dir: Path, data_dir: Path, n_rows: int, seed: int) -> tupl
     return cases, strategies
 
 
-def on_paths(
-    call: Callable[[Any, int], object], twins: Sequence[Any]
-) -> tuple[Callable[[int], object], Callable[[int], object]]:
-    """`call(twin, i)` bound to the native path's fast twin and to the numpy one (twins in the order of PATHS)."""
+def fast_case(
+    name: str,
+    detail: str,
+    sklearn: Callable[[int], object],
+    call: Callable[[Any, int], Any],
+    twins: Sequence[Any],
+    expected: npt.ArrayLike,
+) -> Case:
+    """A case whose fast paths are `call(twin, i)` on row i, for the native twin and the numpy one (in the order
+    of PATHS); the same call on every row is checked against scikit-learn's `expected` outputs."""
+    n = len(np.asarray(expected))
+    diff = max(rel_diff(expected, [call(twin, i) for i in range(n)]) for twin in twins)
     native, numpy_twin = twins
-    return partial(call, native), partial(call, numpy_twin)
+    return Case(name, detail, sklearn, (partial(call, native), partial(call, numpy_twin)), diff)
 
 
 def time_cold(calls: Sequence[Callable[[int], object]], evict: np.ndarray) -> np.ndarray:

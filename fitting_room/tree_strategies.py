@@ -158,7 +158,8 @@ class LevelWalk(_SumsOfLeaves):
     value: np.ndarray  # float64, leaf values (0 at split nodes)
     roots: np.ndarray  # intp, global id of each tree's root
     source_id: np.ndarray  # intp, node id in the scikit-learn tree
-    depth: int  # rounds: levels from the root to the deepest leaf
+    tree_depth: np.ndarray  # intp, per tree: levels from its root to its deepest leaf
+    depth: int  # rounds: the deepest tree's levels
 
     @classmethod
     def build(cls, trees: Sequence[TreeArrays]) -> LevelWalk:
@@ -171,7 +172,7 @@ class LevelWalk(_SumsOfLeaves):
         value = np.zeros(total)
         source_id = np.empty(total, dtype=np.intp)
         roots = np.empty(len(trees), dtype=np.intp)
-        depth = 0
+        tree_depth = np.zeros(len(trees), dtype=np.intp)
         base = 0
         for t, tree in enumerate(trees):
             roots[t] = base
@@ -184,7 +185,7 @@ class LevelWalk(_SumsOfLeaves):
                 if lchild < 0:
                     left[g] = g
                     value[g] = tree.value[source]
-                    depth = max(depth, level)
+                    tree_depth[t] = max(tree_depth[t], level)
                     continue
                 left[g] = next_id
                 feature[g] = tree.feature[source]
@@ -196,8 +197,9 @@ class LevelWalk(_SumsOfLeaves):
             if next_id - base != len(tree.left):
                 raise ValueError(f"tree {t} has nodes unreachable from its root")
             base = next_id
-        _freeze(feature, threshold, left, nan_right, value, roots, source_id)
-        return cls(feature, threshold, left, nan_right, value, roots, source_id, depth)
+        _freeze(feature, threshold, left, nan_right, value, roots, source_id, tree_depth)
+        depth = int(tree_depth.max(initial=0))
+        return cls(feature, threshold, left, nan_right, value, roots, source_id, tree_depth, depth)
 
     @property
     def n_trees(self) -> int:
@@ -271,7 +273,7 @@ class NativeWalk:
         nodes["left"] = np.where(leaf, -1, walk.left)
         nodes["feature"] = walk.feature
         nodes["nan_right"] = walk.nan_right
-        depth = np.array([_depth(t) for t in trees], dtype=np.int32)
+        depth = walk.tree_depth.astype(np.int32)
         roots = walk.roots.astype(np.int32)
         _freeze(nodes, depth, roots)
         forest = treewalk.forest(nodes, roots, depth)
